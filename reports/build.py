@@ -1,0 +1,289 @@
+"""``python -m reports.build --study DIR``: Parquet tables, figures and ``report.md`` from what a
+study recorded (MLflow runs, the Optuna study, ``study.json``). Safe to run at any time, also
+while a study is running or after it was interrupted.
+
+Outputs (CONTRACT.md): ``trials.parquet`` (one row per trial: ``trial_id``, ``status``, ``miou``,
+``param.<name>`` ...), ``per_class.parquet`` (``trial_id``, ``class_name``, ``iou``), ``report.md``
+and PNG figures under ``figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from reports.baselines import PUBLISHED_DATASET, is_voc, published_per_class
+
+STATUS_OF_RUN = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "RUNNING": "RUNNING", "KILLED": "KILLED",
+                 "SCHEDULED": "RUNNING"}
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote."""
+
+    markdown: Path
+    trials: pd.DataFrame
+    per_class: pd.DataFrame
+    best: dict | None
+    figures: list[Path] = field(default_factory=list)
+
+
+def _cast(value: str, kind: str):
+    if kind in ("uniform", "loguniform"):
+        return float(value)
+    if kind == "int":
+        return int(float(value))
+    return yaml.safe_load(value)  # categorical: bool, number or string as written in the YAML
+
+
+def collect(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Read ``study.json`` and the MLflow child runs into (meta, trials, per_class) frames."""
+    from mlflow.tracking import MlflowClient
+
+    meta = json.loads((study_dir / "study.json").read_text())
+    client = MlflowClient(tracking_uri=meta["tracking_uri"])
+    exp = client.get_experiment_by_name(meta["name"])
+    runs = []
+    if exp is not None and meta.get("parent_run_id"):
+        token = None
+        while True:
+            page = client.search_runs([exp.experiment_id],
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{meta['parent_run_id']}'",
+                                      max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    kinds = {p["name"]: p["type"] for p in meta.get("params", [])}
+    classes = meta.get("class_names", [])
+    rows, pc_rows = [], []
+    for run in runs:
+        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+        tid = tags.get("ray.trial_id", run.info.run_id)
+        status = STATUS_OF_RUN.get(run.info.status, run.info.status)
+        if status == "COMPLETE" and tags.get("wsss.stopped_early") == "true":
+            status = "PRUNED"
+        row = {
+            "trial_id": tid,
+            "run_id": run.info.run_id,
+            "status": status,
+            "miou": metrics.get("val/miou", math.nan),
+            "cam_miou": metrics.get("val/cam_miou", math.nan),
+            "cam_threshold": metrics.get("val/cam_threshold", math.nan),
+            "epochs": int(metrics.get("epoch", 0)),
+            "score": metrics.get(meta["metric"], math.nan),
+            "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+            "duration_s": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000.0,
+            "error": tags.get("wsss.error", ""),
+        }
+        for name, kind in kinds.items():
+            row[f"param.{name}"] = _cast(params[name], kind) if name in params else None
+        rows.append(row)
+        names = classes or sorted(k[len("val/iou/"):] for k in metrics if k.startswith("val/iou/"))
+        for c in names:
+            if f"val/iou/{c}" in metrics:
+                pc_rows.append({"trial_id": tid, "class_name": c, "iou": metrics[f"val/iou/{c}"]})
+    trials = pd.DataFrame(rows)
+    if trials.empty:
+        trials = pd.DataFrame(columns=["trial_id", "run_id", "status", "miou", "cam_miou", "epochs", "score"]
+                              + [f"param.{n}" for n in kinds])
+    else:
+        trials = trials.sort_values("start_time").reset_index(drop=True)
+    per_class = pd.DataFrame(pc_rows, columns=["trial_id", "class_name", "iou"])
+    return meta, trials, per_class
+
+
+def best_trial(trials: pd.DataFrame, mode: str) -> dict | None:
+    """The best trial by ``score``: among fully trained trials if any, else among all scored."""
+    scored = trials[trials["score"].notna()] if len(trials) else trials
+    if scored.empty:
+        return None
+    pool = scored[scored["status"] == "COMPLETE"]
+    pool = pool if not pool.empty else scored
+    idx = pool["score"].idxmax() if mode == "max" else pool["score"].idxmin()
+    return pool.loc[idx].to_dict()
+
+
+def _pct(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _param_importance(meta: dict) -> pd.DataFrame | str:
+    """Optuna parameter importances (PED-ANOVA: handles conditional parameters), or why not."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=meta["name"], storage=meta["optuna_storage"])
+    except Exception as e:  # no study stored yet
+        return f"no Optuna study found ({type(e).__name__})"
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2 or not meta.get("params"):
+        return f"needs at least 2 completed trials and a searched parameter ({len(complete)} completed)"
+    try:
+        imp = optuna.importance.get_param_importances(study)
+    except Exception as e:
+        return f"could not be computed: {e}"
+    return pd.DataFrame({"parameter": list(imp), "importance": [round(v, 3) for v in imp.values()]})
+
+
+def _figures(study_dir: Path, meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame,
+             best: dict | None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = study_dir / "figures"
+    out.mkdir(exist_ok=True)
+    paths = []
+    if best is not None:
+        pc = per_class[per_class["trial_id"] == best["trial_id"]]
+        if not pc.empty:
+            fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(pc) + 2), 3.5))
+            ax.bar(pc["class_name"], 100 * pc["iou"], color="#4C72B0")
+            ax.axhline(100 * best["miou"], color="k", ls="--", lw=1, label=f"mIoU {100 * best['miou']:.1f}")
+            ax.set_ylabel("IoU (%)")
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{meta['name']}: best trial {best['trial_id']} per class ({meta.get('dataset', '')} val)")
+            ax.tick_params(axis="x", rotation=45)
+            ax.legend(loc="upper right")
+            fig.tight_layout()
+            p = out / "per_class_iou.png"
+            fig.savefig(p, dpi=110)
+            plt.close(fig)
+            paths.append(p)
+    scored = trials[trials["score"].notna()] if len(trials) else trials
+    if len(scored):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        x = range(1, len(scored) + 1)
+        colours = ["#55A868" if s == "COMPLETE" else "#C44E52" if s == "FAILED" else "#8C8C8C" for s in scored["status"]]
+        ax.scatter(x, scored["score"], c=colours, s=22, zorder=3)
+        run_best = scored["score"].cummax() if meta["mode"] == "max" else scored["score"].cummin()
+        ax.step(x, run_best, where="post", color="k", lw=1, label="best so far")
+        ax.set_xlabel("trial (start order); grey = stopped early")
+        ax.set_ylabel(meta["metric"])
+        ax.set_title(f"{meta['name']}: optimisation history")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        p = out / "optimisation_history.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, best: dict | None,
+                    importance: pd.DataFrame | str, figures: list[Path], study_dir: Path) -> str:
+    """The text of ``report.md``."""
+    dataset = meta.get("dataset", meta.get("data", {}).get("name", "?"))
+    split_label = f"{dataset} val (this study)"
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    lines = [
+        f"# Study report: {meta['name']}",
+        "",
+        f"- method: `{meta['method']}`; dataset: **{dataset}**; objective: {meta['mode']} `{meta['metric']}`",
+        f"- trials recorded: {len(trials)} of {meta.get('samples', '?')} budgeted ("
+        + (", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "none") + ")",
+        f"- MLflow: `mlflow ui --backend-store-uri {meta['tracking_uri']}` (experiment `{meta['name']}`)",
+        "",
+    ]
+    if best is None:
+        lines += ["No trial has reported a score yet.", ""]
+        return "\n".join(lines)
+    params = {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")}
+    lines += [
+        "## Best trial",
+        "",
+        f"Trial `{best['trial_id']}` ({best['status'].lower()}, {best['epochs']} epochs): "
+        f"val mIoU **{_pct(best['miou'])}**; plain CAM of the same network at its best background "
+        f"threshold ({best['cam_threshold']:.2f}): {_pct(best['cam_miou'])}.",
+        "",
+    ]
+    if params:
+        lines += ["| parameter | value |", "|---|---|"] + [f"| `{k}` | {v:.4g} |" if isinstance(v, float)
+                                                          else f"| `{k}` | {v} |" for k, v in params.items()] + [""]
+    pc = per_class[per_class["trial_id"] == best["trial_id"]]
+    classes = list(pc["class_name"])
+    own = {"method": f"{meta['method']} (best trial)", "dataset": split_label,
+           **{c: _pct(v) for c, v in zip(pc["class_name"], pc["iou"])}, "mIoU": _pct(best["miou"])}
+    pub = published_per_class()
+    lines += ["## Per-class IoU (%)", ""]
+    if is_voc(classes):
+        table = [own] + [{"method": r["label"], "dataset": PUBLISHED_DATASET,
+                          **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()]
+        lines += [pd.DataFrame(table).to_markdown(index=False), ""]
+        lines += ["Published rows were measured with each author's own backbone, budget and pipeline; "
+                  "same-data reruns of the baselines come from their own studies.", ""]
+    else:
+        lines += [pd.DataFrame([own]).to_markdown(index=False), ""]
+        lines += [
+            f"### Published SEAM and SC-CAM rows ({PUBLISHED_DATASET}): NOT comparable",
+            "",
+            f"These numbers were measured on PASCAL VOC 2012 with 21 different classes; this study ran on "
+            f"**{dataset}**. They are shown for reference only and must not be read against the table above.",
+            "",
+        ]
+        pub_tbl = pub.rename(columns={"label": "method"}).drop(columns=["source"])
+        pub_tbl = pub_tbl.assign(source=pub["source"])
+        lines += [pub_tbl.to_markdown(index=False, floatfmt=".1f"), ""]
+
+    lines += ["## Top trials", ""]
+    top = trials[trials["score"].notna()].copy()
+    top = top.sort_values("score", ascending=meta["mode"] == "min").head(5)
+    cols = ["trial_id", "status", "epochs", "miou", "cam_miou"] + [c for c in top.columns if c.startswith("param.")]
+    shown = top[cols].copy()
+    for c in ("miou", "cam_miou"):
+        shown[c] = shown[c].map(_pct)
+    lines += [shown.to_markdown(index=False, floatfmt=".4g"), ""]
+    failed = trials[trials["status"] == "FAILED"]
+    if len(failed):
+        lines += ["## Failed trials", ""] + [f"- `{r.trial_id}`: {r.error or 'no message'}" for r in failed.itertuples()] + [""]
+    lines += ["## Parameter importance (Optuna, PED-ANOVA)", ""]
+    if isinstance(importance, str):
+        lines += [f"Not available: {importance}.", ""]
+    else:
+        lines += [importance.to_markdown(index=False), ""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(study_dir).as_posix()})" for p in figures] + [""]
+    lines += ["Tables: `trials.parquet` (one row per trial), `per_class.parquet` (trial, class, IoU).", ""]
+    return "\n".join(lines)
+
+
+def build_report(study_dir: str | Path) -> Report:
+    """Write ``trials.parquet``, ``per_class.parquet``, figures and ``report.md`` into ``study_dir``."""
+    study_dir = Path(study_dir)
+    meta, trials, per_class = collect(study_dir)
+    trials.to_parquet(study_dir / "trials.parquet", index=False)
+    per_class.to_parquet(study_dir / "per_class.parquet", index=False)
+    best = best_trial(trials, meta["mode"])
+    figures = _figures(study_dir, meta, trials, per_class, best)
+    md = render_markdown(meta, trials, per_class, best, _param_importance(meta), figures, study_dir)
+    path = study_dir / "report.md"
+    path.write_text(md)
+    return Report(markdown=path, trials=trials, per_class=per_class, best=best, figures=figures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.build", description="Rebuild a study's report.")
+    p.add_argument("--study", required=True, help="the study's output folder")
+    args = p.parse_args(argv)
+    d = Path(args.study)
+    if not (d / "study.json").is_file():
+        sys.stderr.write(f"error: --study: {d} holds no study.json (not a study output folder)\n")
+        return 2
+    report = build_report(d)
+    print(f"wrote {report.markdown}, {d / 'trials.parquet'}, {d / 'per_class.parquet'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

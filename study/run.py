@@ -1,0 +1,80 @@
+"""``python -m study.run --space PATH.yaml``: run a hyperparameter study (see ../README.md).
+
+Exit codes (CONTRACT.md): 0 success; 2 bad input (YAML, data, arguments) with one line on
+stderr naming the file, key and value; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for every bad input
+        sys.stderr.write(f"study.run: {message} (see --help)\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m study.run", description="Run a WSSS hyperparameter study.")
+    p.add_argument("--space", required=True, help="search-space YAML file")
+    p.add_argument("--output", help="output folder (default: studies/<space name>)")
+    p.add_argument("--num-samples", type=int, help="override budget.samples")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a YAML value by dotted key, e.g. --set fixed.train.epochs=2")
+    p.add_argument("--address", default="local", help="local (embedded Ray), auto, or ray://HOST:PORT")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<output>/mlflow.db)")
+    p.add_argument("--resume", action="store_true", help="continue the study in the output folder")
+    p.add_argument("--dry-run", action="store_true", help="validate the YAML and data, print the plan, run nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imports after argument parsing: --help stays fast and argument errors need no Ray.
+    from study.space import SpaceError, load_spec
+
+    try:
+        spec = load_spec(args.space, args.set, args.num_samples)
+    except SpaceError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return EXIT_BAD_INPUT
+    if not (args.address in ("local", "auto") or args.address.startswith("ray://")):
+        sys.stderr.write(f"error: --address: must be local, auto or ray://HOST:PORT (got {args.address!r})\n")
+        return EXIT_BAD_INPUT
+
+    from study.runner import RunOptions, StudyExistsError, plan_text, run_study
+
+    output = Path(args.output) if args.output else Path("studies") / spec.name
+    opts = RunOptions(output=output, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume)
+    if args.dry_run:
+        print(plan_text(spec, opts))
+        print("dry run: the search space and data are valid; nothing was run")
+        return EXIT_OK
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        summary = run_study(spec, opts)
+    except StudyExistsError as e:
+        sys.stderr.write(f"error: --output: {e}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: the study's records so far are kept\n")
+        return 130
+    report = summary["report"]
+    print()
+    print(f"[wsss-study] {summary['trials']} trials, {summary['errors']} failed")
+    print(f"[wsss-study] report: {report.markdown.resolve()}")
+    if report.best is not None:
+        print(f"[wsss-study] best trial {report.best['trial_id']}: {spec.metric} = {report.best['score']:.4f}")
+    print(f"[wsss-study] review in MLflow:  mlflow ui --backend-store-uri {opts.tracking}")
+    return EXIT_OK if summary["errors"] < summary["trials"] else EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

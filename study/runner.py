@@ -1,0 +1,239 @@
+"""Running a study: Ray Tune + Optuna + ASHA + MLflow, from a validated :class:`StudySpec`.
+
+The pieces, top to bottom: :func:`plan_text` (what ``--dry-run`` prints), :func:`prepare_output`
+(the output folder and its ``study.json``), :func:`build_tuner` (trainable with resources,
+searcher, scheduler, callbacks) and :func:`run_study`, which ties them to the MLflow parent run
+and builds the report at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from study.progress import ProgressCallback
+from study.search import DefineByRunSpace, PrunedAwareOptunaSearch, build_sampler
+from study.space import StudySpec
+from study.tracking import MlflowTrialCallback, StudyTracker, git_commit, package_versions
+from trainables.config import flatten, merge
+from trainables.datasets import load_dataset
+from trainables.methods import METHODS
+
+STUDY_FILE = "study.json"
+
+
+class StudyExistsError(RuntimeError):
+    """The output folder already holds a study and ``--resume`` was not given."""
+
+
+@dataclass
+class RunOptions:
+    """CLI options that are not part of the search space."""
+
+    output: Path
+    address: str = "local"
+    tracking_uri: str | None = None
+    resume: bool = False
+
+    @property
+    def tracking(self) -> str:
+        """The MLflow tracking URI (default: a SQLite file in the output folder)."""
+        return self.tracking_uri or f"sqlite:///{self.output.resolve() / 'mlflow.db'}"
+
+
+def trial_entry(config: dict, fixed: dict, method: str) -> None:
+    """The Ray Tune function trainable: fixed settings + the trial's suggestions."""
+    METHODS[method].train(merge(fixed, config))
+
+
+def plan_text(spec: StudySpec, opts: RunOptions) -> str:
+    """The plan ``--dry-run`` prints: everything the study would do, nothing run."""
+    method = METHODS[spec.method]
+    lines = [
+        f"study      {spec.name}  ({spec.path})",
+        f"method     {spec.method}: {method.summary}",
+        f"data       " + ", ".join(f"{k}={v}" for k, v in spec.data.items()),
+        f"budget     {spec.samples} trials, at most {spec.concurrency} at once, {spec.epochs} epochs each",
+        f"searcher   optuna {spec.sampler} (seed {spec.seed}), study stored in {opts.output / 'optuna.db'}",
+    ]
+    if spec.scheduler["type"] == "asha":
+        lines.append(f"scheduler  ASHA grace_period={spec.scheduler['grace_period']} "
+                     f"reduction_factor={spec.scheduler['reduction_factor']} max_t={spec.epochs}")
+    else:
+        lines.append("scheduler  none (every trial runs all epochs)")
+    lines += [
+        f"resources  {spec.resources['cpu']} cpu, {spec.resources['gpu']} gpu per trial; ray address {opts.address}",
+        f"objective  {spec.mode} {spec.metric}",
+        f"output     {opts.output}",
+        f"tracking   {opts.tracking}",
+        "searched   " + ("(nothing: every trial uses the fixed settings)" if not spec.params else ""),
+    ]
+    for p in spec.params:
+        lines.append(f"  {p.name:<28} {p.describe()}")
+    fixed = flatten(spec.fixed)
+    if fixed:
+        lines.append("fixed")
+        lines += [f"  {k:<28} {v}" for k, v in fixed.items()]
+    return "\n".join(lines)
+
+
+def prepare_output(spec: StudySpec, opts: RunOptions) -> dict:
+    """Create the output folder and write ``study.json``; refuse to overwrite a study."""
+    out = opts.output
+    meta_path = out / STUDY_FILE
+    if meta_path.exists() and not opts.resume:
+        raise StudyExistsError(f"{out} already holds a study ({STUDY_FILE}); pass --resume to continue it "
+                               f"or --output to start a new one")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update({
+        "name": spec.name,
+        "method": spec.method,
+        "space_path": str(Path(spec.path).resolve()),
+        "tracking_uri": opts.tracking,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "samples": spec.samples,
+        "epochs": spec.epochs,
+        "data": spec.data,
+        "params": [{"name": p.name, "type": p.type} for p in spec.params],
+        "optuna_storage": f"sqlite:///{(out / 'optuna.db').resolve()}",
+    })
+    (out / "space.resolved.yaml").write_text(spec.resolved_yaml())
+    shutil.copyfile(spec.path, out / "space.yaml")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def init_ray(address: str, spec: StudySpec) -> None:
+    """Start an embedded Ray (``local``) or connect to a cluster (``auto``, ``ray://...``)."""
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                  configure_logging=True)
+    if address == "local":
+        gpus = 0
+        if spec.resources["gpu"] > 0:
+            import torch
+
+            # Without a physical GPU, one logical GPU lets per-trial GPU scheduling run (harness.md).
+            gpus = max(torch.cuda.device_count(), 1)
+        ray.init(address="local", num_gpus=gpus, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+
+
+def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
+    """The Tuner: trainable with resources, Optuna searcher behind a concurrency limit, ASHA."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(opts.output / 'optuna.db').resolve()}")
+    try:
+        existing = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
+    except KeyError:
+        existing = 0
+    # A resumed study must not replay the same suggestions: offset the seed by trials stored.
+    sampler = build_sampler(spec.sampler, spec.seed + existing)
+    searcher = PrunedAwareOptunaSearch(
+        space=DefineByRunSpace(spec.params),
+        metric=spec.metric,
+        mode=spec.mode,
+        sampler=sampler,
+        study_name=spec.name,
+        storage=storage,
+        max_t=spec.epochs,
+    )
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
+    if spec.scheduler["type"] == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=spec.epochs,
+            grace_period=spec.scheduler["grace_period"],
+            reduction_factor=spec.scheduler["reduction_factor"],
+        )
+    else:
+        scheduler = FIFOScheduler()
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_entry, fixed=spec.trainable_config(), method=spec.method),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
+    )
+    return Tuner(
+        trainable,
+        tune_config=TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher,
+                               scheduler=scheduler, num_samples=spec.samples),
+        run_config=RunConfig(
+            name="tune",
+            storage_path=str(opts.output.resolve()),
+            callbacks=callbacks,
+            verbose=0,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+        ),
+    )
+
+
+def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
+    """Run the whole study; returns a summary dict (best trial, report path, counts)."""
+    from reports.build import build_report
+
+    meta = prepare_output(spec, opts)
+    log(f"[wsss-study] preparing data ({spec.data.get('name')}) ...")
+    t0 = time.perf_counter()
+    ds = load_dataset(spec.data)  # validates and warms the cache once, before any trial starts
+    meta["class_names"] = ds.class_names
+    meta["dataset"] = ds.name
+    (opts.output / STUDY_FILE).write_text(json.dumps(meta, indent=2))
+    log(f"[wsss-study] data ready: {len(ds.train)} train / {len(ds.val)} val images, "
+        f"{ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
+
+    tracker = StudyTracker(opts.tracking, spec.name)
+    parent = tracker.start_parent(
+        run_name=f"{spec.name}-study",
+        tags={"wsss.git_commit": git_commit(Path(__file__).parent), "wsss.space_sha256": spec.digest(),
+              "wsss.output": str(opts.output.resolve()), "wsss.method": spec.method,
+              "wsss.dataset": ds.name,
+              **{f"wsss.version.{k}": v for k, v in package_versions().items()}},
+        params={"method": spec.method, "samples": spec.samples, "concurrency": spec.concurrency,
+                "metric": spec.metric, "mode": spec.mode, "seed": spec.seed, "sampler": spec.sampler,
+                "scheduler": spec.scheduler["type"],
+                **{f"data.{k}": v for k, v in spec.data.items()},
+                **{f"search.{p.name}": p.describe() for p in spec.params}},
+        artifacts=[opts.output / "space.yaml", opts.output / "space.resolved.yaml"],
+    )
+    meta["parent_run_id"] = parent
+    (opts.output / STUDY_FILE).write_text(json.dumps(meta, indent=2))
+
+    log(f"[wsss-study] starting Ray ({opts.address}) ...")
+    init_ray(opts.address, spec)
+    status = "FAILED"
+    try:
+        mlflow_cb = MlflowTrialCallback(tracker, parent, spec.trainable_config(), spec.epochs)
+        progress = ProgressCallback(spec.samples, spec.metric, spec.mode, spec.epochs, log=log)
+        tuner = build_tuner(spec, opts, [mlflow_cb, progress])
+        log(f"[wsss-study] running {spec.samples} trials ({spec.concurrency} at once) ...")
+        results = tuner.fit()
+        errors = sum(1 for r in results if r.error is not None)
+        status = "FINISHED" if errors < len(results) else "FAILED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        ray.shutdown()
+        tracker.end(parent, status)
+
+    report = build_report(opts.output)
+    tracker.client.log_artifact(parent, str(report.markdown))
+    for png in report.figures:
+        tracker.client.log_artifact(parent, str(png), artifact_path="figures")
+    if report.best is not None:
+        tracker.log_metrics(parent, {f"best/{spec.metric}": report.best["score"]})
+    return {"status": status, "errors": errors, "trials": len(results), "report": report}

@@ -1,0 +1,77 @@
+"""Optuna inside Ray Tune: the define-by-run search space built from the YAML, and an
+``OptunaSearch`` that tells Optuna the truth about trials ASHA stopped early.
+
+``OptunaSearch`` reports every trial that ends without error as COMPLETE, so a trial that ASHA
+stopped after two epochs enters TPE's history with its two-epoch score as if it were final,
+biasing the sampler toward configurations that look good early (harness.md). Such trials are
+told as PRUNED here; their intermediate values stay in the study, as with Optuna's own pruners.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from study.space import ParamSpec
+
+
+class DefineByRunSpace:
+    """The YAML's ``search`` section as an Optuna define-by-run function.
+
+    A plain class (not a closure or lambda) so that Ray can pickle it into its experiment
+    checkpoint. Parameters are suggested in file order; a parameter with ``when`` is suggested
+    only if every referenced parameter took one of the listed values.
+    """
+
+    def __init__(self, params: list[ParamSpec]):
+        self.params = list(params)
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if any(ref not in chosen or chosen[ref] not in values for ref, values in p.when):
+                continue
+            if p.type == "uniform":
+                chosen[p.name] = trial.suggest_float(p.name, p.low, p.high)
+            elif p.type == "loguniform":
+                chosen[p.name] = trial.suggest_float(p.name, p.low, p.high, log=True)
+            elif p.type == "int":
+                chosen[p.name] = trial.suggest_int(p.name, p.low, p.high, step=p.step or 1)
+            else:
+                chosen[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        return None
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells a trial stopped before ``max_t`` iterations as PRUNED.
+
+    Touches ``_ot_trials`` and ``_ot_study`` of Ray's class: pinned to ray 2.60 and covered by
+    ``tests/test_search.py``.
+    """
+
+    def __init__(self, *args, max_t: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_t = int(max_t)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        done = int((result or {}).get("training_iteration", 0))
+        if error or not result or done >= self.max_t or trial_id not in self._ot_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        ot_trial = self._ot_trials.pop(trial_id)
+        value = result.get(self.metric)
+        if value is not None:
+            # Make sure the last score is on record, then prune: Optuna keeps intermediate values.
+            if done not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+                ot_trial.report(float(value), done)
+        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+
+
+def build_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, constant liar: defaults in Optuna 5) or random, seeded."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)

@@ -1,0 +1,28 @@
+"""Methods by name (the YAML ``method`` key): each is a trainable function and its defaults.
+
+A method is one small module composing shared parts; variants of a method (ablations) are
+settings of its defaults, never copies of its code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from trainables import single_stage
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``train(config)`` and the defaults that define its valid keys."""
+
+    name: str
+    train: Callable[..., list[dict]]
+    defaults: dict
+    summary: str
+
+
+METHODS: dict[str, Method] = {
+    "aal": Method("aal", single_stage.train, single_stage.DEFAULTS,
+                  "single-stage model: CAM -> reliable pseudo labels -> segmentation branch (RRM/AALR)"),
+}

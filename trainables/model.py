@@ -1,0 +1,51 @@
+"""The single-stage network (spec diagram): a shared backbone, a classification head whose 1x1
+weights give CAMs, and a segmentation head over C+1 classes (background included)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainables.backbones import build_backbone
+
+
+class SingleStageNet(nn.Module):
+    """Backbone -> (CAM head, segmentation head).
+
+    ``forward`` returns a dict with ``cam_raw`` (B, C, h, w): the classifier applied densely,
+    before ReLU; ``logits`` (B, C): its global average (= classifier on pooled features, §1);
+    ``seg`` (B, C+1, h, w) segmentation logits; ``features`` (B, F, h, w).
+    """
+
+    def __init__(self, model_cfg: dict, num_fg: int):
+        super().__init__()
+        self.backbone = build_backbone(model_cfg)
+        f = self.backbone.out_channels
+        # §1: 1x1 conv without bias, so GAP(CAM) equals the classifier on GAP(features).
+        self.classifier = nn.Conv2d(f, num_fg, 1, bias=False)
+        hidden = int(model_cfg.get("seg_hidden", 128))
+        # A small dilated head, in the spirit of RRM's DeepLab-style segmentation branch.
+        self.seg_head = nn.Sequential(
+            nn.Conv2d(f, hidden, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(float(model_cfg.get("seg_dropout", 0.1))),
+            nn.Conv2d(hidden, num_fg + 1, 1),
+        )
+        self.stride = self.backbone.stride
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        cam_raw = self.classifier(feats)
+        return {
+            "features": feats,
+            "cam_raw": cam_raw,
+            "logits": cam_raw.mean(dim=(2, 3)),
+            "seg": self.seg_head(feats),
+        }
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone parameters, new-layer parameters): RRM trains new layers at 10x lr (§4)."""
+        backbone = list(self.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        return backbone, [p for p in self.parameters() if id(p) not in ids]

@@ -1,0 +1,312 @@
+"""The single-stage WSSS trainable (RRM lineage, spec single_stage.md).
+
+``train(config)`` is the whole trial: data, model, CAMs -> reliable pseudo labels -> loss terms,
+evaluation on val, and a report each epoch. It runs as a plain call (``reporter`` collects the
+history) and as a Ray Tune function trainable (reports go to ``tune.report`` with a checkpoint,
+and a restarted trial resumes from ``tune.get_checkpoint()``).
+
+The loss is L = w_cls L_cls + sum of enabled terms w_k L_k; each term is an entry of
+:data:`LOSS_TERMS`, a function of the step's :class:`StepContext`, so new losses plug in there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables import losses
+from trainables.cam import multiscale_cams, normalise_cams
+from trainables.config import merge
+from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augment_batch, to_tensor_batch
+from trainables.datasets import load_dataset
+from trainables.metrics import CamThresholdSweep, confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
+from trainables.model import SingleStageNet
+from trainables.pseudo_labels import PseudoLabelConfig, batch_reliable_labels
+
+DEFAULTS: dict = {
+    "data": {"name": "synthetic"},
+    "model": {"backbone": "small_cnn", "width": 32, "weights": None, "seg_hidden": 64, "seg_dropout": 0.1},
+    "train": {
+        "epochs": 8,
+        "batch_size": 16,
+        "crop": 64,
+        "scale_min": 0.7,
+        "scale_max": 1.3,
+        "flip": True,
+        "optimizer": "sgd",
+        "lr": 0.02,
+        # RRM's SGD effectively runs without momentum (a bug in its optimizer helper, spec §4).
+        # We use 0.9 by default; set 0.0 to reproduce RRM exactly.
+        "momentum": 0.9,
+        "weight_decay": 1e-5,
+        "new_layer_lr_mult": 10.0,
+        "poly_power": 0.9,
+        # Training from scratch: the first epochs train the classifier alone so that pseudo
+        # labels come from CAMs worth pruning (RRM starts from a classification checkpoint).
+        "seg_warmup_epochs": 2,
+        # "weak": reliable pseudo labels (the method); "full": ground-truth masks (upper bound).
+        "supervision": "weak",
+        "seed": 0,
+        "num_threads": 0,
+        "device": "auto",
+        "checkpoint_every": 1,
+    },
+    "cam": {"scales": [1.0]},
+    "pseudo": {f.name: f.default for f in fields(PseudoLabelConfig)},
+    "loss": {
+        "cls": {"enabled": True, "weight": 1.0},
+        "ce": {"enabled": True, "weight": 1.0},
+    },
+    "eval": {"batch_size": 32, "every": 1},
+}
+
+
+def default_config() -> dict:
+    """A fresh copy of the trainable's defaults (the keys a search space may set)."""
+    return merge(DEFAULTS, {})
+
+
+@dataclass
+class StepContext:
+    """What a loss term may look at in one training step."""
+
+    batch: TrainBatch
+    out: dict[str, torch.Tensor]
+    cams: torch.Tensor  # (B, C_fg, H, W) normalised, detached
+    seg_logits: torch.Tensor  # (B, C+1, H, W) at crop size
+    pseudo: torch.Tensor  # (B, H, W) reliable labels, 255 ignored
+    progress: float  # fraction of training done, in [0, 1)
+    config: dict
+
+
+LossTerm = Callable[[StepContext], torch.Tensor]
+
+LOSS_TERMS: dict[str, LossTerm] = {
+    "cls": lambda ctx: losses.classification_loss(ctx.out["logits"], ctx.batch.labels.to(ctx.out["logits"].device)),
+    "ce": lambda ctx: losses.balanced_ce_loss(ctx.seg_logits, ctx.pseudo),
+}
+# Terms that supervise the segmentation branch are held back during the warm-up.
+SEGMENTATION_TERMS = {"ce"}
+
+
+class Reporter:
+    """Receives one metrics dict per epoch and, optionally, a checkpoint directory."""
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+
+    def restore(self) -> dict | None:
+        """The state to resume from, or None."""
+        return None
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        self.history.append(dict(metrics))
+
+
+class TuneReporter(Reporter):
+    """Reports through ``ray.tune`` with a checkpoint holding the training state."""
+
+    def restore(self) -> dict | None:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        from ray import tune
+
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _in_tune_session() -> bool:
+    try:
+        from ray.tune import get_context
+
+        return get_context().get_trial_id() is not None
+    except Exception:
+        return False
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _poly_lr(base: float, progress: float, power: float) -> float:
+    return base * (1.0 - progress) ** power
+
+
+def build_optimizer(model: SingleStageNet, cfg: dict) -> torch.optim.Optimizer:
+    """SGD (or Adam) with the new layers at ``new_layer_lr_mult`` x lr (RRM recipe, §4)."""
+    t = cfg["train"]
+    backbone, new = model.parameter_groups()
+    groups = [
+        {"params": backbone, "lr": t["lr"], "base_lr": t["lr"]},
+        {"params": new, "lr": t["lr"] * t["new_layer_lr_mult"], "base_lr": t["lr"] * t["new_layer_lr_mult"]},
+    ]
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam(groups, lr=t["lr"], weight_decay=t["weight_decay"])
+    raise ValueError(f"train.optimizer={t['optimizer']!r}: choose sgd or adam")
+
+
+@torch.no_grad()
+def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device) -> dict:
+    """Segmentation mIoU on val (seg head argmax at full resolution) and CAM mIoU at the best
+    background threshold. Images of different sizes are evaluated one size group at a time."""
+    model.eval()
+    split = ds.val
+    conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
+    sweep = CamThresholdSweep(ds.num_classes)
+    bs = int(cfg["eval"]["batch_size"])
+    by_size: dict[tuple, list[int]] = {}
+    for i, img in enumerate(split.images):
+        by_size.setdefault(img.shape[:2], []).append(i)
+    for size, idx in by_size.items():
+        for s in range(0, len(idx), bs):
+            chunk = idx[s : s + bs]
+            x = to_tensor_batch([split.images[i] for i in chunk]).to(device)
+            labels = torch.from_numpy(split.labels[chunk]).to(device)
+            gt = torch.from_numpy(np.stack([split.masks[i] for i in chunk])).to(device)
+            out = model(x)
+            seg = F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)
+            conf += confusion_matrix(seg.argmax(1), gt, ds.num_classes)
+            cams = multiscale_cams(lambda z: model(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
+            sweep.update(cams, gt)
+    model.train()
+    cam_miou, cam_t, _ = sweep.best()
+    iou = per_class_iou(conf)
+    metrics = {"val/miou": mean_iou(conf), "val/cam_miou": cam_miou, "val/cam_threshold": cam_t}
+    for name, v in zip(ds.class_names, iou):
+        metrics[f"val/iou/{name}"] = float(v) if np.isfinite(v) else 0.0
+    return metrics
+
+
+def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
+    """Train and evaluate one configuration; returns the per-epoch metrics.
+
+    ``config`` may be nested or use dotted keys; it is merged onto :data:`DEFAULTS`. Inside a
+    Ray Tune trial, metrics and checkpoints go to Tune; otherwise to ``reporter`` (or a plain
+    :class:`Reporter`).
+
+    Example:
+        >>> hist = train({"data": {"num_train": 16, "num_val": 8}, "train.epochs": 1})
+        >>> sorted(hist[-1])[:3]
+        ['epoch', 'time/epoch_s', 'train/images_per_s']
+    """
+    cfg = merge(DEFAULTS, config)
+    if reporter is None:
+        reporter = TuneReporter() if _in_tune_session() else Reporter()
+    t = cfg["train"]
+    if int(t["num_threads"]) > 0:
+        torch.set_num_threads(int(t["num_threads"]))
+    device = _device(t["device"])
+    torch.manual_seed(int(t["seed"]))
+    rng = np.random.default_rng(int(t["seed"]))
+
+    ds = load_dataset(cfg["data"])
+    model = SingleStageNet(cfg["model"], ds.num_fg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    pl_cfg = PseudoLabelConfig(**cfg["pseudo"])
+    enabled = {k: v for k, v in cfg["loss"].items() if v.get("enabled", True) and float(v.get("weight", 1.0)) != 0.0}
+    unknown = set(enabled) - set(LOSS_TERMS)
+    if unknown:
+        raise ValueError(f"loss.{sorted(unknown)[0]}: no such loss term; known: {sorted(LOSS_TERMS)}")
+
+    start_epoch = 0
+    state = reporter.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng = np.random.default_rng(state["rng_seed"])
+        start_epoch = int(state["epoch"])
+
+    epochs = int(t["epochs"])
+    n = len(ds.train)
+    bs = min(int(t["batch_size"]), n)
+    steps_per_epoch = max(1, n // bs)
+    total_steps = epochs * steps_per_epoch
+    history = list(getattr(reporter, "history", []))
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        counts = np.zeros(3, dtype=np.int64)
+        order = rng.permutation(n)
+        seg_on = epoch >= int(t["seg_warmup_epochs"])
+        for step in range(steps_per_epoch):
+            progress = (epoch * steps_per_epoch + step) / total_steps
+            for g in optimizer.param_groups:
+                g["lr"] = _poly_lr(g["base_lr"], progress, t["poly_power"])
+            batch = augment_batch(ds.train, order[step * bs : (step + 1) * bs], int(t["crop"]),
+                                  (float(t["scale_min"]), float(t["scale_max"])), bool(t["flip"]), rng)
+            x = batch.image.to(device)
+            out = model(x)
+            labels = batch.labels.to(device)
+            size = tuple(x.shape[-2:])
+            cams = multiscale_cams(lambda z: model(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
+            seg_logits = F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)
+            if t["supervision"] == "full":
+                pseudo = batch.gt.to(device)
+                pseudo[~batch.valid.to(device)] = IGNORE_INDEX
+            elif seg_on:
+                pseudo = batch_reliable_labels(batch.rgb, cams, labels, pl_cfg, batch.valid)
+            else:
+                pseudo = torch.full((len(x), *size), IGNORE_INDEX, dtype=torch.long, device=device)
+            if batch.gt is not None and seg_on:
+                counts += pseudo_label_quality(pseudo.cpu(), batch.gt)
+            ctx = StepContext(batch, out, cams.detach(), seg_logits, pseudo, progress, cfg)
+            loss = x.new_zeros(())
+            for name, term_cfg in enabled.items():
+                if name in SEGMENTATION_TERMS and not seg_on:
+                    continue
+                value = LOSS_TERMS[name](ctx)
+                loss = loss + float(term_cfg.get("weight", 1.0)) * value
+                sums[f"train/loss/{name}"] = sums.get(f"train/loss/{name}", 0.0) + float(value.detach())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
+                                         + ", ".join(f"{k}={v / (step + 1):.4g}" for k, v in sums.items()))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["train/loss/total"] = sums.get("train/loss/total", 0.0) + float(loss.detach())
+        elapsed = time.perf_counter() - t0
+        metrics: dict = {"epoch": epoch + 1}
+        metrics.update({k: v / steps_per_epoch for k, v in sums.items()})
+        if counts[0] > 0 or counts[2] > 0:
+            metrics["train/pseudo/precision"] = counts[1] / max(counts[0], 1)
+            metrics["train/pseudo/coverage"] = counts[0] / max(counts[2], 1)
+        metrics["train/images_per_s"] = steps_per_epoch * bs / elapsed
+        metrics["time/epoch_s"] = elapsed
+        last = epoch + 1 == epochs
+        if last or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
+            metrics.update(evaluate(model, ds, cfg, device))
+        elif history:
+            metrics.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
+        ckpt = None
+        if last or (epoch + 1) % int(t["checkpoint_every"]) == 0:
+            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                    "rng_seed": int(rng.integers(2**31))}
+            rng = np.random.default_rng(ckpt["rng_seed"])
+        history.append(metrics)
+        reporter.report(metrics, ckpt)
+    return history
