@@ -9,6 +9,7 @@ told as PRUNED here; their intermediate values stay in the study, as with Optuna
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -57,17 +58,23 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self.max_t = int(max_t)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        done = int((result or {}).get("training_iteration", 0))
-        if error or not result or done >= self.max_t or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
-        ot_trial = self._ot_trials.pop(trial_id)
-        value = result.get(self.metric)
-        if value is not None:
-            # Make sure the last score is on record, then prune: Optuna keeps intermediate values.
-            if done not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
-                ot_trial.report(float(value), done)
-        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        done = int((result or {}).get("training_iteration", 0))
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        if error or (result and not finite):
+            # Ray tells an errored trial that had reported once as COMPLETE: it is a failure.
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif result and done < self.max_t:
+            # Intermediate values were reported by on_trial_result; Optuna keeps them.
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        else:
+            self._ot_study.tell(ot_trial, float(value) if finite else None,
+                                state=TrialState.COMPLETE if finite else TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
 
 
 def build_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:

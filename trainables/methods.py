@@ -14,15 +14,18 @@ from trainables import single_stage
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: ``train(config)`` and the defaults that define its valid keys."""
+    """A registered method: ``train(config)``, ``prepare(config)`` (run once by the driver before
+    any trial: data, shared checkpoints; returns the dataset) and the defaults that define its
+    valid keys."""
 
     name: str
     train: Callable[..., list[dict]]
+    prepare: Callable[..., object]
     defaults: dict
     summary: str
 
 
 METHODS: dict[str, Method] = {
-    "aal": Method("aal", single_stage.train, single_stage.DEFAULTS,
+    "aal": Method("aal", single_stage.train, single_stage.prepare, single_stage.DEFAULTS,
                   "single-stage model: CAM -> reliable pseudo labels -> segmentation branch (RRM/AALR)"),
 }

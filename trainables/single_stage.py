@@ -30,6 +30,7 @@ from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augme
 from trainables.datasets import load_dataset
 from trainables.metrics import CamThresholdSweep, confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
 from trainables.model import SingleStageNet
+from trainables.pretrain import classification_pretrain
 from trainables.pseudo_labels import PseudoLabelConfig, batch_reliable_labels
 
 DEFAULTS: dict = {
@@ -50,9 +51,9 @@ DEFAULTS: dict = {
         "weight_decay": 1e-5,
         "new_layer_lr_mult": 10.0,
         "poly_power": 0.9,
-        # Training from scratch: the first epochs train the classifier alone so that pseudo
-        # labels come from CAMs worth pruning (RRM starts from a classification checkpoint).
-        "seg_warmup_epochs": 2,
+        # Epochs that train the classifier alone before pseudo labels are used; 0 when starting
+        # from the classification checkpoint (pretrain.enabled), as RRM does.
+        "seg_warmup_epochs": 0,
         # "weak": reliable pseudo labels (the method); "full": ground-truth masks (upper bound).
         "supervision": "weak",
         "seed": 0,
@@ -60,6 +61,8 @@ DEFAULTS: dict = {
         "device": "auto",
         "checkpoint_every": 1,
     },
+    # Classification pretraining shared by all trials (trainables/pretrain.py).
+    "pretrain": {"enabled": True, "epochs": 30, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-5},
     "cam": {"scales": [1.0]},
     "pseudo": {f.name: f.default for f in fields(PseudoLabelConfig)},
     "loss": {
@@ -137,9 +140,13 @@ class TuneReporter(Reporter):
 
 def _in_tune_session() -> bool:
     try:
+        import warnings
+
         from ray.tune import get_context
 
-        return get_context().get_trial_id() is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray warns when asked outside a trial
+            return get_context().get_trial_id() is not None
     except Exception:
         return False
 
@@ -201,6 +208,18 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
     return metrics
 
 
+def prepare(config: dict, log: Callable[[str], None] = print) -> SegmentationDataset:
+    """Run once by the study driver before any trial: load (and cache) the data and build the
+    shared classification checkpoint, so concurrent trials never race to create them."""
+    cfg = merge(DEFAULTS, config)
+    ds = load_dataset(cfg["data"])
+    if cfg["pretrain"]["enabled"]:
+        if int(cfg["train"]["num_threads"]) > 0:
+            torch.set_num_threads(int(cfg["train"]["num_threads"]))
+        classification_pretrain(cfg, ds, _device(cfg["train"]["device"]), log=log)
+    return ds
+
+
 def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
     """Train and evaluate one configuration; returns the per-epoch metrics.
 
@@ -234,6 +253,8 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
 
     start_epoch = 0
     state = reporter.restore()
+    if state is None and cfg["pretrain"]["enabled"]:
+        model.load_state_dict(classification_pretrain(cfg, ds, device))
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -38,11 +38,11 @@ CLASS_TEXTURE = {
 }
 
 DEFAULTS = {
-    "num_train": 400,
+    "num_train": 800,
     "num_val": 120,
     "image_size": 64,
-    "max_objects": 4,
-    "min_radius": 7.0,
+    "max_objects": 3,
+    "min_radius": 8.0,
     "max_radius": 20.0,
     "distractors": 2,
     # Visible remnants of an occluded object smaller than this fraction of the object are
@@ -75,7 +75,7 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A (size, size) texture in [0, 1] of the given kind, randomly cropped, zoomed and flipped."""
     if kind in ("gravel", "brick", "grass") or kind in BACKGROUND_PHOTOS:
         src = _photo(kind)
-        zoom = rng.uniform(0.35, 0.7)  # the photos are 512 px: shrink so patterns fit small objects
+        zoom = rng.uniform(0.25, 0.5)  # the photos are 512 px: shrink so patterns fit small objects
         crop = max(8, int(round(size / zoom)))
         crop = min(crop, min(src.shape) - 1)
         y = rng.integers(0, src.shape[0] - crop)
@@ -143,6 +143,20 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
 
 
+def _contrasting_colour(rng: np.random.Generator, against: np.ndarray, min_dist: float = 0.35) -> np.ndarray:
+    """A random colour at least ``min_dist`` (RGB, Euclidean) from ``against``: objects stand out
+    from the background as real objects mostly do, so the classes are learnable from scratch."""
+    best, best_d = None, -1.0
+    for _ in range(32):
+        c = _random_colour(rng)
+        d = float(np.linalg.norm(c - against))
+        if d >= min_dist:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    return best
+
+
 def _blob(size: int, rng: np.random.Generator) -> np.ndarray:
     """An irregular blob (smoothed thresholded noise around a random centre)."""
     noise = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma=size / 10)
@@ -167,7 +181,9 @@ def generate_scene(rng: np.random.Generator, cfg: dict) -> tuple[np.ndarray, np.
         blob = _blob(size, rng)
         tex = _texture(CLASS_TEXTURE[str(rng.choice(fg_names))], size, rng)
         col = _random_colour(rng)
-        image[blob] = (col[None, :] * (0.35 + 0.65 * tex[..., None]))[blob]
+        # Half-transparent: a distractor shares a class texture but stays fainter than objects.
+        layer = col[None, :] * (0.35 + 0.65 * tex[..., None])
+        image[blob] = (0.5 * image + 0.5 * layer)[blob]
 
     mask = np.zeros((size, size), dtype=np.uint8)
     n_obj = int(rng.integers(1, int(cfg["max_objects"]) + 1))
@@ -182,7 +198,7 @@ def generate_scene(rng: np.random.Generator, cfg: dict) -> tuple[np.ndarray, np.
         if obj.sum() == 0:
             continue
         tex = _texture(CLASS_TEXTURE[name], size, rng)
-        col = _random_colour(rng)
+        col = _contrasting_colour(rng, bg_col)
         image[obj] = (col[None, :] * (0.3 + 0.7 * tex[..., None]))[obj]
         owner[obj] = k  # later objects occlude earlier ones
         areas.append(int(obj.sum()))
