@@ -57,7 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         print("dry run: the search space and data are valid; nothing was run")
         return EXIT_OK
 
+    # Quiet third-party chatter; the study prints its own progress lines.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import logging
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="optuna")
     try:
         summary = run_study(spec, opts)
     except StudyExistsError as e:

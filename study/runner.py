@@ -29,7 +29,6 @@ from study.search import DefineByRunSpace, PrunedAwareOptunaSearch, build_sample
 from study.space import StudySpec
 from study.tracking import MlflowTrialCallback, StudyTracker, git_commit, package_versions
 from trainables.config import flatten, merge
-from trainables.datasets import load_dataset
 from trainables.methods import METHODS
 
 STUDY_FILE = "study.json"
@@ -186,9 +185,10 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
     from reports.build import build_report
 
     meta = prepare_output(spec, opts)
-    log(f"[wsss-study] preparing data ({spec.data.get('name')}) ...")
+    log(f"[wsss-study] preparing data and shared checkpoints ({spec.data.get('name')}) ...")
     t0 = time.perf_counter()
-    ds = load_dataset(spec.data)  # validates and warms the cache once, before any trial starts
+    # Once, before any trial: data cache and the shared classification checkpoint.
+    ds = METHODS[spec.method].prepare(spec.trainable_config(), log=lambda m: log(f"[wsss-study]   {m}"))
     meta["class_names"] = ds.class_names
     meta["dataset"] = ds.name
     (opts.output / STUDY_FILE).write_text(json.dumps(meta, indent=2))
@@ -213,9 +213,9 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
     (opts.output / STUDY_FILE).write_text(json.dumps(meta, indent=2))
 
     log(f"[wsss-study] starting Ray ({opts.address}) ...")
-    init_ray(opts.address, spec)
     status = "FAILED"
     try:
+        init_ray(opts.address, spec)
         mlflow_cb = MlflowTrialCallback(tracker, parent, spec.trainable_config(), spec.epochs)
         progress = ProgressCallback(spec.samples, spec.metric, spec.mode, spec.epochs, log=log)
         tuner = build_tuner(spec, opts, [mlflow_cb, progress])
@@ -228,7 +228,8 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
         raise
     finally:
         ray.shutdown()
-        tracker.end(parent, status)
+        if status != "FINISHED":
+            tracker.end(parent, status)
 
     report = build_report(opts.output)
     tracker.client.log_artifact(parent, str(report.markdown))
@@ -236,4 +237,6 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
         tracker.client.log_artifact(parent, str(png), artifact_path="figures")
     if report.best is not None:
         tracker.log_metrics(parent, {f"best/{spec.metric}": report.best["score"]})
+    if status == "FINISHED":
+        tracker.end(parent, status)
     return {"status": status, "errors": errors, "trials": len(results), "report": report}

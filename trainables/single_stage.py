@@ -204,7 +204,8 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
     iou = per_class_iou(conf)
     metrics = {"val/miou": mean_iou(conf), "val/cam_miou": cam_miou, "val/cam_threshold": cam_t}
     for name, v in zip(ds.class_names, iou):
-        metrics[f"val/iou/{name}"] = float(v) if np.isfinite(v) else 0.0
+        if np.isfinite(v):  # a class absent from GT and prediction has no IoU (metrics.py)
+            metrics[f"val/iou/{name}"] = float(v)
     return metrics
 
 
