@@ -43,7 +43,8 @@ class SpaceError(ValueError):
     def __init__(self, path: str | Path, key: str, value: Any, message: str):
         self.path, self.key, self.value, self.message = str(path), key, value, message
         shown = "" if value is _MISSING else f" (got {value!r})"
-        super().__init__(f"{self.path}: {key}: {message}{shown}")
+        line = f"{self.path}: {key}: {message}{shown}"
+        super().__init__(line.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 _MISSING = object()
@@ -140,7 +141,11 @@ def read_document(path: str | Path) -> dict:
     if not p.is_file():
         raise SpaceError(p, "(file)", _MISSING, "no such search-space file")
     try:
-        doc = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpaceError(p, "(file)", _MISSING, f"cannot be read as UTF-8 text: {type(e).__name__}") from None
+    try:
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(syntax)"
@@ -171,6 +176,12 @@ def apply_override(doc: dict, assignment: str, path: str | Path) -> None:
     node: Any = doc
     i = 0
     while i < len(parts):
+        if isinstance(node, dict):
+            for j in range(len(parts), i, -1):  # an empty section (`budget:`) is an empty mapping
+                name = ".".join(parts[i:j])
+                if name in node and node[name] is None and j < len(parts):
+                    node[name] = {}
+                    break
         if not isinstance(node, dict):
             raise SpaceError(path, key, value, f"'{'.'.join(parts[:i])}' is not a section")
         match = next((j for j in range(len(parts), i, -1) if ".".join(parts[i:j]) in node), None)
@@ -227,8 +238,8 @@ def _check_value_type(path, key: str, value: Any, default: Any) -> None:
         if not isinstance(value, bool):
             raise SpaceError(path, key, value, "must be true or false")
     elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpaceError(path, key, value, "must be a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpaceError(path, key, value, "must be a finite number")
         if isinstance(default, int) and not isinstance(default, bool) and int(value) != value:
             raise SpaceError(path, key, value, "must be an integer")
     elif isinstance(default, str):
@@ -338,6 +349,8 @@ def parse_document(doc: dict, path: str | Path) -> StudySpec:
             close = [k for k in defaults_flat if k.split(".")[-1] == pname.split(".")[-1]]
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SpaceError(path, f"search.{pname}", raw, f"unknown setting{hint}")
+        if pname == "train.epochs":
+            raise SpaceError(path, f"search.{pname}", raw, "cannot be searched: it is ASHA's max_t; set it under fixed")
         if pname in flatten(fixed):
             raise SpaceError(path, f"search.{pname}", raw, "is also set under 'fixed'; keep one")
         params[pname] = _parse_param(path, pname, raw, defaults_flat, params)
@@ -410,7 +423,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, num_samples:
     if num_samples is not None:
         if num_samples < 1:
             raise SpaceError(path, "--num-samples", num_samples, "must be positive")
-        doc.setdefault("budget", {})
+        if doc.get("budget") is None:
+            doc["budget"] = {}
         if not isinstance(doc["budget"], dict):
             raise SpaceError(path, "budget", doc["budget"], "must be a mapping")
         doc["budget"]["samples"] = num_samples

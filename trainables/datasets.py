@@ -4,6 +4,7 @@ a bad data section fails before any trial starts."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from trainables.config import ConfigError
@@ -18,8 +19,8 @@ def _check_synthetic(spec: dict) -> None:
             continue
         if key not in SYNTHETIC_DEFAULTS:
             raise ConfigError(f"data.{key}", value, f"unknown setting for the synthetic benchmark; known: {sorted(SYNTHETIC_DEFAULTS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"data.{key}", value, "must be a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"data.{key}", value, "must be a finite number")
     cfg = {**SYNTHETIC_DEFAULTS, **spec}
     for key in ("num_train", "num_val", "image_size", "max_objects"):
         if int(cfg[key]) != cfg[key] or cfg[key] < 1:

@@ -320,9 +320,11 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
         metrics["train/images_per_s"] = steps_per_epoch * bs / elapsed
         metrics["time/epoch_s"] = elapsed
         last = epoch + 1 == epochs
-        if last or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
+        # Every report carries val/* (ASHA and the searcher read the metric each time): between
+        # evaluations the last values are repeated.
+        if last or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
             metrics.update(evaluate(model, ds, cfg, device))
-        elif history:
+        else:
             metrics.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
         ckpt = None
         if last or (epoch + 1) % int(t["checkpoint_every"]) == 0:

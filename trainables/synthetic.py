@@ -2,12 +2,12 @@
 
 Each image holds 1 to ``max_objects`` objects of six classes on a cluttered background. A class
 is a pair (shape, texture): the colour of every instance is random, so colour never tells
-classes apart. Textures come from real photographs shipped with scikit-image (gravel, brick,
-grass) and from procedural patterns. Objects vary in scale and rotation and may occlude each
-other. The background is a tinted crop of a real photograph with texture-filled distractor
-blobs whose textures are shared with object classes but whose shapes are not: a classifier that
-only looks at texture produces CAMs that leak onto the clutter, which is what makes plain CAM
-clearly imperfect here.
+classes apart. Textures are procedural patterns and a real photograph (brick) shipped with
+scikit-image. Objects vary in scale and rotation and may occlude each
+other. The background is a tinted crop of a real photograph (text, coins, the moon's craters,
+the cameraman) with half-transparent photo-textured blobs as clutter. CAMs are imperfect here
+for the usual reasons: they fire on the most discriminative part of an object, are coarse at the
+backbone's stride, and bleed onto clutter and neighbouring objects.
 
 Everything is a pure function of the seed; :func:`load_synthetic` caches the arrays on disk.
 """
@@ -25,16 +25,19 @@ from scipy import ndimage
 from trainables.data import IGNORE_INDEX, SegmentationDataset, Split
 
 # Bump when the generator changes: it is part of the cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CLASS_NAMES = ["background", "disc", "square", "triangle", "ring", "cross", "star"]
+# Photo textures of small, fine grain (gravel, grass) proved unlearnable for a small CNN trained
+# from scratch in a CPU budget (fully supervised mIoU 0.40, triangle/grass IoU 0.01), so the
+# class textures are patterns with a clear local signature; real photos form the background.
 CLASS_TEXTURE = {
-    "disc": "gravel",
-    "square": "brick",
-    "triangle": "grass",
-    "ring": "stripes",
-    "cross": "checker",
-    "star": "dots",
+    "disc": "dots",
+    "square": "checker",
+    "triangle": "stripes",
+    "ring": "brick",
+    "cross": "grid",
+    "star": "waves",
 }
 
 DEFAULTS = {
@@ -73,9 +76,9 @@ BACKGROUND_PHOTOS = ["camera", "moon", "page", "coins", "text"]
 
 def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A (size, size) texture in [0, 1] of the given kind, randomly cropped, zoomed and flipped."""
-    if kind in ("gravel", "brick", "grass") or kind in BACKGROUND_PHOTOS:
+    if kind == "brick" or kind in BACKGROUND_PHOTOS:
         src = _photo(kind)
-        zoom = rng.uniform(0.25, 0.5)  # the photos are 512 px: shrink so patterns fit small objects
+        zoom = rng.uniform(0.4, 0.7)  # the photos are 512 px: shrink so patterns fit small objects
         crop = max(8, int(round(size / zoom)))
         crop = min(crop, min(src.shape) - 1)
         y = rng.integers(0, src.shape[0] - crop)
@@ -98,6 +101,10 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         return 0.5 + 0.5 * np.sin(2 * np.pi * u / period)
     if kind == "checker":
         return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+    if kind == "grid":
+        return (((u % period) < 1.2) | ((v % period) < 1.2)).astype(np.float32)
+    if kind == "waves":
+        return 0.5 + 0.5 * np.sin(2 * np.pi * (u + 1.5 * np.sin(2 * np.pi * v / (2.5 * period))) / period)
     if kind == "dots":
         du = (u % period) - period / 2
         dv = (v % period) - period / 2
@@ -176,12 +183,11 @@ def generate_scene(rng: np.random.Generator, cfg: dict) -> tuple[np.ndarray, np.
     bg_col = _random_colour(rng)
     contrast = rng.uniform(0.2, 0.6)
     image = bg_col[None, None, :] * (1 - contrast + contrast * bg_tex[..., None])
-    fg_names = CLASS_NAMES[1:]
     for _ in range(int(rng.integers(0, int(cfg["distractors"]) + 1))):
         blob = _blob(size, rng)
-        tex = _texture(CLASS_TEXTURE[str(rng.choice(fg_names))], size, rng)
+        tex = _texture(str(rng.choice(BACKGROUND_PHOTOS)), size, rng)
         col = _random_colour(rng)
-        # Half-transparent: a distractor shares a class texture but stays fainter than objects.
+        # Half-transparent clutter with photo texture: object-like regions that are no object.
         layer = col[None, :] * (0.35 + 0.65 * tex[..., None])
         image[blob] = (0.5 * image + 0.5 * layer)[blob]
 

@@ -1,0 +1,110 @@
+"""End to end: the real CLI runs the smoke study (embedded Ray, Optuna, ASHA, MLflow, reports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("smoke") / "study"
+    proc = _run(["-m", "study.run", "--space", "search_spaces/smoke.yaml", "--output", str(out),
+                 "--address", "local"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_cli_prints_progress_report_path_and_mlflow_command(smoke_study):
+    out, proc = smoke_study
+    assert "started (1/2)" in proc.stdout and "[2/2 done]" in proc.stdout
+    assert f"report: {(out / 'report.md').resolve()}" in proc.stdout
+    assert "best trial" in proc.stdout and "val/miou = 0." in proc.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{out.resolve() / 'mlflow.db'}" in proc.stdout
+
+
+def test_parquet_tables_follow_the_contract(smoke_study):
+    out, _ = smoke_study
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2
+    assert {"trial_id", "status", "miou", "param.train.lr", "param.pseudo.fg_percentile", "param.pseudo.crf"} <= set(trials.columns)
+    assert trials["miou"].between(0, 1).all()
+    assert set(trials["status"]) <= {"COMPLETE", "PRUNED"}
+    assert trials["param.train.lr"].between(1e-3, 3e-2).all()
+    per_class = pd.read_parquet(out / "per_class.parquet")
+    assert list(per_class.columns) == ["trial_id", "class_name", "iou"]
+    assert set(per_class["trial_id"]) == set(trials["trial_id"])
+    assert "background" in set(per_class["class_name"])
+    assert per_class["iou"].between(0, 1).all()
+    # mIoU is the mean of the per-class IoUs the trial reported.
+    for tid, group in per_class.groupby("trial_id"):
+        miou = float(trials.loc[trials["trial_id"] == tid, "miou"].iloc[0])
+        assert group["iou"].mean() == pytest.approx(miou, abs=1e-6)
+
+
+def test_mlflow_holds_parent_and_one_child_per_trial(smoke_study):
+    out, _ = smoke_study
+    con = sqlite3.connect(out / "mlflow.db")
+    exp = con.execute("select experiment_id from experiments where name='smoke'").fetchone()
+    assert exp is not None
+    runs = con.execute("select run_uuid, status from runs where experiment_id=?", exp).fetchall()
+    tags = {}
+    for run_id, key, value in con.execute("select run_uuid, key, value from tags"):
+        tags.setdefault(run_id, {})[key] = value
+    parents = [r for r, _ in runs if "mlflow.parentRunId" not in tags.get(r, {})]
+    children = [r for r, _ in runs if "mlflow.parentRunId" in tags.get(r, {})]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(tags[c]["mlflow.parentRunId"] == parents[0] for c in children)
+    assert all("ray.trial_id" in tags[c] for c in children)
+    assert all(status == "FINISHED" for _, status in runs)
+    parent_tags = tags[parents[0]]
+    assert parent_tags["wsss.git_commit"] and len(parent_tags["wsss.space_sha256"]) == 64
+    assert parent_tags["wsss.version.torch"].startswith("2.14.1")
+    metric_keys = {k for (k,) in con.execute("select distinct key from metrics where run_uuid=?", (children[0],))}
+    assert {"val/miou", "val/iou/background", "val/iou/disc", "train/loss/total"} <= metric_keys
+    params = dict(con.execute("select key, value from params where run_uuid=?", (children[0],)).fetchall())
+    assert "train.lr" in params and "pseudo.fg_percentile" in params and params["train.epochs"] == "2"
+
+
+def test_report_labels_datasets_and_lists_trials(smoke_study):
+    out, _ = smoke_study
+    md = (out / "report.md").read_text()
+    assert "synthetic val (this study)" in md
+    assert "NOT comparable" in md and "SEAM" in md and "SC-CAM" in md
+    assert "## Top trials" in md and "## Parameter importance" in md
+    assert "figures/per_class_iou.png" in md and (out / "figures" / "per_class_iou.png").stat().st_size > 1000
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["class_names"][0] == "background"
+
+
+def test_report_rebuilds_from_records(smoke_study):
+    out, _ = smoke_study
+    (out / "report.md").unlink()
+    (out / "trials.parquet").unlink()
+    proc = _run(["-m", "reports.build", "--study", str(out)], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.md").exists() and len(pd.read_parquet(out / "trials.parquet")) == 2
+
+
+def test_existing_study_is_not_overwritten(smoke_study):
+    out, _ = smoke_study
+    before = (out / "mlflow.db").stat().st_mtime_ns
+    proc = _run(["-m", "study.run", "--space", "search_spaces/smoke.yaml", "--output", str(out)], timeout=120)
+    assert proc.returncode == 2
+    assert "--resume" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (out / "mlflow.db").stat().st_mtime_ns == before

@@ -1,0 +1,221 @@
+"""Tests for trainables/pseudo_labels.py: reliable pseudo labels, the CRF wrapper, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.pseudo_labels import PseudoLabelConfig, batch_reliable_labels, dense_crf, reliable_labels
+
+IGN = 255
+
+
+def _row(values_per_class: list[list[float]]) -> np.ndarray:
+    """(C, 1, W) float32 CAMs from one row of values per class."""
+    return np.array(values_per_class, dtype=np.float32)[:, None, :]
+
+
+def _rgb(w: int, h: int = 1) -> np.ndarray:
+    return np.zeros((h, w, 3), np.uint8)
+
+
+# Class 1's CAM is 0.1, 0.2, ..., 1.0 on ten pixels; two pixels have no CAM at all.
+# With crf=False the "CRF marginals" are the normalised scores [(1 - c)^alpha; c]:
+#   * low alpha 4: foreground wins from c = 0.3 on (0.7^4 = 0.24 < 0.3; 0.8^4 = 0.41 > 0.2),
+#   * high alpha 32: every c >= 0.1 is foreground for the CAM regions (0.9^32 = 0.034 < 0.1),
+#   * c = 0 pixels: background score 1 > bg_cutoff 0.8 -> reliable background.
+# crf_confidence = 0 so only the CAM pruning decides.
+RAMP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "floor, percentile, expected",
+    [
+        # 10 values above the floor 0.05; sorted index int(10 * 0.6) = 6 -> 0.7; keep > 0.7
+        (0.05, 0.6, [IGN] * 7 + [1, 1, 1] + [0, 0]),
+        # index int(10 * 0.5) = 5 -> 0.6; keep > 0.6
+        (0.05, 0.5, [IGN] * 6 + [1, 1, 1, 1] + [0, 0]),
+        # the floor shrinks the population: 7 values > 0.35 (0.4..1.0), index int(7 * 0.5) = 3 -> 0.7
+        (0.35, 0.5, [IGN] * 7 + [1, 1, 1] + [0, 0]),
+        # percentile 0: only the floor applies (> 0.45); 0.1 and 0.2 are background for the
+        # low-alpha map but foreground for the high-alpha one, so they stay unlabelled
+        (0.45, 0.0, [IGN] * 4 + [1] * 6 + [0, 0]),
+        (0.05, 0.0, [IGN] * 2 + [1] * 8 + [0, 0]),
+        # percentile 1: the cut is the maximum itself, nothing is strictly above it
+        (0.05, 1.0, [IGN] * 10 + [0, 0]),
+    ],
+)
+def test_percentile_and_floor_pruning(floor, percentile, expected):
+    cfg = PseudoLabelConfig(crf=False, crf_confidence=0.0, cam_floor=floor, fg_percentile=percentile)
+    cams = _row([RAMP, [0.0] * len(RAMP)])  # class 2 absent (and zero)
+    out = reliable_labels(_rgb(len(RAMP)), cams, np.array([1, 0]), cfg)
+    assert out.dtype == np.uint8
+    assert out.shape == (1, len(RAMP))
+    assert out[0].tolist() == expected
+
+
+def test_percentile_is_computed_per_class():
+    # Two present classes on separate pixels; each keeps the pixels above its own cut.
+    a = [0.2, 0.4, 0.6, 0.8, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    b = [0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.0]
+    cfg = PseudoLabelConfig(crf=False, crf_confidence=0.0, cam_floor=0.05, fg_percentile=0.4)
+    out = reliable_labels(_rgb(len(a)), _row([a, b]), np.array([1, 1]), cfg)
+    # class 1: 5 values, index int(5 * 0.4) = 2 -> 0.6, keep 0.8, 1.0 (0.2 is bg for the low alpha)
+    # class 2: 5 values, index 2 -> 0.7, keep 0.8, 0.9
+    assert out[0].tolist() == [IGN, IGN, IGN, 1, 1, IGN, IGN, IGN, 2, 2, 0]
+
+
+@pytest.mark.parametrize(
+    "alpha_high, cutoff, expected",
+    [
+        # (1 - c)^2 for c = 0, .1, .2, .25, .3, .35: 1, .81, .64, .5625, .49, .4225 -> > 0.5 for the first four
+        (2.0, 0.5, [0, 0, 0, 0, IGN, IGN, IGN]),
+        # > 0.7: 1, .81 only
+        (2.0, 0.7, [0, 0, IGN, IGN, IGN, IGN, IGN]),
+        # alpha 1: 1 - c > 0.5 for all c < 0.5
+        (1.0, 0.5, [0, 0, 0, 0, 0, 0, IGN]),
+    ],
+)
+def test_background_cutoff(alpha_high, cutoff, expected):
+    # The last pixel (c = 1) is the class's only CAM pixel: its own percentile cut is 1.0, and
+    # nothing is strictly above it, so it is unreliable whatever the background cutoff.
+    cams = _row([[0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 1.0]])
+    cfg = PseudoLabelConfig(crf=False, crf_confidence=0.0, alpha_high=alpha_high, bg_cutoff=cutoff)
+    out = reliable_labels(_rgb(7), cams, np.array([1]), cfg)
+    assert out[0].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "confidence, expected",
+    [
+        # c:      0    .1    .2    .4    .5    1.0
+        # conf:   1   .890  .762  .755  .889  1.0
+        (0.8, [0, 0, IGN, IGN, 1, 1]),
+        (0.7, [0, 0, 0, 1, 1, 1]),
+        (0.95, [0, IGN, IGN, IGN, IGN, 1]),
+    ],
+)
+def test_crf_confidence_cutoff(confidence, expected):
+    # bg confidence = (1-c)^2 / ((1-c)^2 + c) from the high-alpha (2) map,
+    # fg confidence = c / ((1-c)^4 + c) from the low-alpha (4) map.
+    cams = _row([[0.0, 0.1, 0.2, 0.4, 0.5, 1.0]])
+    cfg = PseudoLabelConfig(crf=False, crf_confidence=confidence, alpha_low=4.0, alpha_high=2.0,
+                            bg_cutoff=0.0, cam_floor=0.05, fg_percentile=0.0)
+    out = reliable_labels(_rgb(6), cams, np.array([1]), cfg)
+    assert out[0].tolist() == expected
+
+
+def test_rrm_defaults_hand_case():
+    # Defaults (alpha 4/32, confidence 0.8, floor 0.1, percentile 0.6, cutoff 0.8) without CRF.
+    cams = _row([RAMP])
+    out = reliable_labels(_rgb(len(RAMP)), cams, np.array([1]), PseudoLabelConfig(crf=False))
+    # Population strictly above the floor 0.1: 0.2..1.0 (9 values), index int(9 * 0.6) = 5 -> 0.7: keep
+    # 0.8, 0.9, 1.0, whose low-alpha confidence c / (c + (1-c)^4) is >= 0.8 / 0.8016 > 0.8.
+    assert out[0].tolist() == [IGN] * 7 + [1, 1, 1] + [0, 0]
+
+
+@pytest.mark.parametrize("crf", [False, True])
+def test_image_without_present_class_is_all_background(crf):
+    cams = np.random.default_rng(0).random((3, 5, 6)).astype(np.float32)  # CAMs of absent classes
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    out = reliable_labels(rgb, cams, np.zeros(3), PseudoLabelConfig(crf=crf))
+    assert out.shape == (5, 6)
+    assert (out == 0).all()
+
+
+def test_class_with_nothing_above_the_floor_gives_no_reliable_pixel():
+    # CAM 0.3 everywhere: foreground for both alphas, but the floor 0.5 leaves no value to keep.
+    cams = np.full((1, 3, 4), 0.3, np.float32)
+    cfg = PseudoLabelConfig(crf=False, crf_confidence=0.0, cam_floor=0.5)
+    out = reliable_labels(_rgb(4, 3), cams, np.array([1]), cfg)
+    assert (out == IGN).all()
+
+
+def test_present_class_with_zero_cam_is_background():
+    cams = np.zeros((2, 3, 3), np.float32)
+    out = reliable_labels(_rgb(3, 3), cams, np.array([1, 1]), PseudoLabelConfig(crf=False))
+    assert (out == 0).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("crf", [False, True])
+def test_random_cams_only_present_classes_background_or_ignore(seed, crf):
+    rng = np.random.default_rng(seed)
+    c, h, w = 5, 8, 9
+    cams = rng.random((c, h, w)).astype(np.float32) ** 2
+    cams[:, :, : w // 3] *= 0.05  # a low-CAM region, so some background is reliable
+    present = np.array([1, 0, 1, 0, 1]) if seed != 2 else np.array([0, 1, 0, 0, 0])
+    rgb = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    cfg = PseudoLabelConfig(crf=crf, crf_iterations=3, fg_percentile=0.3, crf_confidence=0.5)
+    out = reliable_labels(rgb, cams, present, cfg)
+    assert out.dtype == np.uint8 and out.shape == (h, w)
+    allowed = {0, IGN} | {k + 1 for k in np.flatnonzero(present)}
+    assert set(np.unique(out).tolist()) <= allowed
+    assert (out == 0).any()  # the low-CAM region yields reliable background
+
+
+def _random_probs(rng, k, h, w):
+    p = rng.random((k, h, w)).astype(np.float32) + 0.05
+    return p / p.sum(axis=0, keepdims=True)
+
+
+def test_dense_crf_matches_direct_pydensecrf_call():
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    rng = np.random.default_rng(0)
+    k, h, w = 3, 7, 9
+    rgb = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    probs = _random_probs(rng, k, h, w)
+    cfg = PseudoLabelConfig(crf_gauss_sxy=2.0, crf_gauss_compat=4.0, crf_bilateral_sxy=30.0,
+                            crf_bilateral_srgb=7.0, crf_bilateral_compat=6.0, crf_iterations=4)
+
+    d = dcrf.DenseCRF2D(w, h, k)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=2.0, compat=4.0)
+    d.addPairwiseBilateral(sxy=30.0, srgb=7.0, rgbim=np.ascontiguousarray(rgb), compat=6.0)
+    expected = np.array(d.inference(4), dtype=np.float32).reshape(k, h, w)
+
+    got = dense_crf(rgb, probs, cfg)
+    assert got.shape == (k, h, w)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=0), np.ones((h, w)), atol=1e-4)
+    assert (got >= 0).all()
+    # the pairwise terms actually act: the output is not the input
+    assert np.abs(got - probs).max() > 1e-3
+
+
+def test_dense_crf_is_invariant_to_per_pixel_scaling():
+    # The wrapper renormalises per pixel, so unnormalised [bg; CAM] scores give the same marginals.
+    rng = np.random.default_rng(1)
+    k, h, w = 2, 5, 6
+    rgb = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    probs = _random_probs(rng, k, h, w)
+    scale = rng.uniform(0.2, 3.0, (1, h, w)).astype(np.float32)
+    cfg = PseudoLabelConfig(crf_iterations=3)
+    np.testing.assert_allclose(dense_crf(rgb, probs * scale, cfg), dense_crf(rgb, probs, cfg), atol=1e-4)
+
+
+def test_batch_reliable_labels_matches_per_image_and_marks_padding():
+    rng = np.random.default_rng(3)
+    b, c, h, w = 2, 3, 4, 5
+    cams = torch.from_numpy(rng.random((b, c, h, w)).astype(np.float32))
+    cams[:, :, :, :2] = 0.0  # a zero-CAM strip: reliable background there
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    rgb = rng.integers(0, 256, (b, h, w, 3)).astype(np.uint8)
+    cfg = PseudoLabelConfig(crf=False, crf_confidence=0.0, fg_percentile=0.2)
+    valid = torch.ones(b, h, w, dtype=torch.bool)
+    valid[0, 0, :] = False
+    valid[1, :, 0] = False
+
+    out = batch_reliable_labels(rgb, cams, labels, cfg, valid=valid)
+    assert out.dtype == torch.int64 and out.shape == (b, h, w)
+    unpadded = batch_reliable_labels(rgb, cams, labels, cfg)
+    for i in range(b):
+        ref = reliable_labels(rgb[i], cams[i].numpy(), labels[i].numpy(), cfg)
+        np.testing.assert_array_equal(unpadded[i].numpy(), ref)
+    # the padding was background before the mask: the mask is what turns it into 255
+    assert (unpadded[0, 0, :2] == 0).all() and (unpadded[1, :, 0] == 0).all()
+    assert (out[~valid] == IGN).all()
+    torch.testing.assert_close(out[valid], unpadded[valid])
