@@ -62,7 +62,7 @@ DEFAULTS: dict = {
         "checkpoint_every": 1,
     },
     # Classification pretraining shared by all trials (trainables/pretrain.py).
-    "pretrain": {"enabled": True, "epochs": 30, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-5},
+    "pretrain": {"enabled": True, "epochs": 20, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-5},
     "cam": {"scales": [1.0]},
     "pseudo": {f.name: f.default for f in fields(PseudoLabelConfig)},
     "loss": {
