@@ -195,7 +195,8 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
     log(f"[wsss-study] data ready: {len(ds.train)} train / {len(ds.val)} val images, "
         f"{ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
 
-    tracker = StudyTracker(opts.tracking, spec.name)
+    artifacts = None if opts.tracking_uri else (opts.output.resolve() / "mlartifacts").as_uri()
+    tracker = StudyTracker(opts.tracking, spec.name, artifact_location=artifacts)
     parent = tracker.start_parent(
         run_name=f"{spec.name}-study",
         tags={"wsss.git_commit": git_commit(Path(__file__).parent), "wsss.space_sha256": spec.digest(),

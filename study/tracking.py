@@ -74,11 +74,14 @@ def _param_value(v: Any) -> str:
 class StudyTracker:
     """The study's experiment and parent run."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str):
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         exp = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment_name)
+        # With a SQLite store MLflow would put artifacts in ./mlruns of whatever the working
+        # directory is; the embedded default keeps them inside the study folder instead.
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment_name, artifact_location=artifact_location)
 
     def start_parent(self, run_name: str, tags: dict[str, str], params: dict[str, Any],
                      artifacts: list[Path]) -> str:

@@ -87,6 +87,8 @@ def test_report_labels_datasets_and_lists_trials(smoke_study):
     assert "synthetic val (this study)" in md
     assert "NOT comparable" in md and "SEAM" in md and "SC-CAM" in md
     assert "## Top trials" in md and "## Parameter importance" in md
+    # Artifacts (YAML, report, figures) stay inside the study folder, never in ./mlruns.
+    assert (out / "mlartifacts").is_dir() and not (ROOT / "mlruns").exists()
     assert "figures/per_class_iou.png" in md and (out / "figures" / "per_class_iou.png").stat().st_size > 1000
     meta = json.loads((out / "study.json").read_text())
     assert meta["class_names"][0] == "background"
