@@ -8,7 +8,9 @@ form; real datasets (VOC, folders) load into it too, so nothing downstream knows
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +21,12 @@ IGNORE_INDEX = 255
 # ImageNet statistics: torchvision backbones expect them, and the small CNN does not mind.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def cache_dir() -> Path:
+    """Where generated data and shared checkpoints are cached: ``$WSSS_CACHE_DIR`` or
+    ``~/.cache/wsss-study``."""
+    return Path(os.environ.get("WSSS_CACHE_DIR", Path.home() / ".cache" / "wsss-study"))
 
 
 @dataclass

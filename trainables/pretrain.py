@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from trainables import losses
-from trainables.data import SegmentationDataset, augment_batch
+from trainables.data import SegmentationDataset, augment_batch, cache_dir
 from trainables.model import SingleStageNet
-from trainables.synthetic import cache_dir
 
 PRETRAIN_VERSION = 1
 

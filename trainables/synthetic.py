@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from trainables.data import IGNORE_INDEX, SegmentationDataset, Split
+from trainables.data import IGNORE_INDEX, SegmentationDataset, Split, cache_dir
 
 # Bump when the generator changes: it is part of the cache key.
 GENERATOR_VERSION = 2
@@ -252,11 +252,6 @@ def generate_synthetic(cfg: dict) -> SegmentationDataset:
         val=generate_split(int(cfg["num_val"]), val_seq, cfg, "val"),
         meta={"generator_version": GENERATOR_VERSION, **cfg},
     )
-
-
-def cache_dir() -> Path:
-    """Where generated datasets are cached: ``$WSSS_CACHE_DIR`` or ``~/.cache/wsss-study``."""
-    return Path(os.environ.get("WSSS_CACHE_DIR", Path.home() / ".cache" / "wsss-study"))
 
 
 def load_synthetic(cfg: dict) -> SegmentationDataset:
