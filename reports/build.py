@@ -76,6 +76,7 @@ def collect(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             "run_id": run.info.run_id,
             "status": status,
             "miou": metrics.get("val/miou", math.nan),
+            "miou_nocrf": metrics.get("val/miou_nocrf", math.nan),
             "cam_miou": metrics.get("val/cam_miou", math.nan),
             "cam_threshold": metrics.get("val/cam_threshold", math.nan),
             "epochs": int(metrics.get("epoch", 0)),
@@ -204,7 +205,10 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
         "## Best trial",
         "",
         f"Trial `{best['trial_id']}` ({best['status'].lower()}, {best['epochs']} epochs): "
-        f"val mIoU **{_pct(best['miou'])}**; plain CAM of the same network at its best background "
+        f"val mIoU **{_pct(best['miou'])}**"
+        + (f" with the test-time dense CRF ({_pct(best['miou_nocrf'])} without)"
+           if math.isfinite(best.get("miou_nocrf", math.nan)) else "")
+        + "; plain CAM of the same network at its best background "
         f"threshold ({best['cam_threshold']:.2f}): {_pct(best['cam_miou'])}.",
         "",
     ]

@@ -56,6 +56,11 @@ def test_merge_adds_new_keys_and_replaces_leaf_with_section():
     assert out == {"a": {"x": 3}, "b": {"c": 2, "d": {"e": 4}}, "f": 5}
 
 
+def test_merge_empty_section_keeps_the_base_section():
+    assert merge({"eval": {"crf": False}, "x": 1}, {"eval": {}}) == {"eval": {"crf": False}, "x": 1}
+    assert merge({"x": 1}, {"eval": {}}) == {"x": 1, "eval": {}}
+
+
 def test_merge_copies_values():
     scales = [1.0]
     out = merge({}, {"cam": {"scales": scales}})

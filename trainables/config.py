@@ -59,6 +59,8 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
             if not isinstance(nxt, dict):
                 nxt = node[p] = {}
             node = nxt
+        if isinstance(v, Mapping) and not v and isinstance(node.get(parts[-1]), dict):
+            continue  # an empty section overrides nothing
         node[parts[-1]] = copy.deepcopy(v)
     return out
 

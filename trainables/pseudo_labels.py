@@ -37,9 +37,10 @@ class PseudoLabelConfig:
     crf_iterations: int = 10
 
 
-def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg: PseudoLabelConfig) -> np.ndarray:
+def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg) -> np.ndarray:
     """Mean-field dense CRF (pydensecrf) over (K, H, W) probabilities of an (H, W, 3) uint8 image.
 
+    ``cfg`` holds the ``crf_*`` settings (a :class:`PseudoLabelConfig` or the test-time ones).
     Returns the (K, H, W) marginals. The probabilities are renormalised per pixel first: that
     shifts each pixel's unary by a constant, which leaves the CRF's output unchanged, and lets
     unnormalised [bg; CAM] scores be passed as RRM does.

@@ -31,11 +31,14 @@ from trainables.datasets import load_dataset
 from trainables.metrics import CamThresholdSweep, confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
 from trainables.model import SingleStageNet
 from trainables.pretrain import classification_pretrain
-from trainables.pseudo_labels import PseudoLabelConfig, batch_reliable_labels
+from trainables.pseudo_labels import PseudoLabelConfig, batch_reliable_labels, dense_crf
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
-    "model": {"backbone": "small_cnn", "width": 32, "weights": None, "seg_hidden": 64, "seg_dropout": 0.1},
+    # backbone: small_cnn (width), resnet50/101 (weights: a local file), efficientnet_lite0
+    # (weights: packaged ImageNet by default; output_stride, dilate, stages; backbones.py).
+    "model": {"backbone": "small_cnn", "width": 32, "weights": None, "seg_hidden": 64, "seg_dropout": 0.1,
+              "output_stride": 8, "dilate": True, "stages": 7, "channels_last": True},
     "train": {
         "epochs": 8,
         "batch_size": 16,
@@ -69,7 +72,12 @@ DEFAULTS: dict = {
         "cls": {"enabled": True, "weight": 1.0},
         "ce": {"enabled": True, "weight": 1.0},
     },
-    "eval": {"batch_size": 32, "every": 1},
+    # Inference (spec §4): single scale, seg head argmax; ``crf`` adds the optional test-time
+    # dense CRF with the spec's settings (then val/miou is the refined prediction's and
+    # val/miou_nocrf the raw one's).
+    "eval": {"batch_size": 32, "every": 1, "crf": False, "crf_gauss_sxy": 3.0, "crf_gauss_compat": 3.0,
+             "crf_bilateral_sxy": 83.0, "crf_bilateral_srgb": 5.0, "crf_bilateral_compat": 4.0,
+             "crf_iterations": 10},
 }
 
 
@@ -176,13 +184,32 @@ def build_optimizer(model: SingleStageNet, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer={t['optimizer']!r}: choose sgd or adam")
 
 
+@dataclass(frozen=True)
+class InferenceCrf:
+    """Test-time dense CRF settings (spec §4), in the attribute names :func:`dense_crf` reads."""
+
+    crf_gauss_sxy: float
+    crf_gauss_compat: float
+    crf_bilateral_sxy: float
+    crf_bilateral_srgb: float
+    crf_bilateral_compat: float
+    crf_iterations: int
+
+    @classmethod
+    def from_eval(cls, ev: dict) -> "InferenceCrf":
+        return cls(**{f.name: ev[f.name] for f in fields(cls)})
+
+
 @torch.no_grad()
 def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device) -> dict:
-    """Segmentation mIoU on val (seg head argmax at full resolution) and CAM mIoU at the best
-    background threshold. Images of different sizes are evaluated one size group at a time."""
+    """Segmentation mIoU on val (seg head argmax at full resolution, optionally refined by a
+    test-time dense CRF) and CAM mIoU at the best background threshold. Images of different
+    sizes are evaluated one size group at a time."""
     model.eval()
     split = ds.val
+    crf = InferenceCrf.from_eval(cfg["eval"]) if cfg["eval"]["crf"] else None
     conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
+    conf_raw = np.zeros_like(conf)
     sweep = CamThresholdSweep(ds.num_classes)
     bs = int(cfg["eval"]["batch_size"])
     by_size: dict[tuple, list[int]] = {}
@@ -196,13 +223,21 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
             gt = torch.from_numpy(np.stack([split.masks[i] for i in chunk])).to(device)
             out = model(x)
             seg = F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)
-            conf += confusion_matrix(seg.argmax(1), gt, ds.num_classes)
+            pred = seg.argmax(1)
+            if crf is not None:
+                conf_raw += confusion_matrix(pred, gt, ds.num_classes)
+                probs = torch.softmax(seg.float(), dim=1).cpu().numpy()
+                pred = torch.from_numpy(np.stack([dense_crf(split.images[i], probs[j], crf).argmax(0)
+                                                  for j, i in enumerate(chunk)])).to(device)
+            conf += confusion_matrix(pred, gt, ds.num_classes)
             cams = multiscale_cams(lambda z: model(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
             sweep.update(cams, gt)
     model.train()
     cam_miou, cam_t, _ = sweep.best()
     iou = per_class_iou(conf)
     metrics = {"val/miou": mean_iou(conf), "val/cam_miou": cam_miou, "val/cam_threshold": cam_t}
+    if crf is not None:
+        metrics["val/miou_nocrf"] = mean_iou(conf_raw)
     for name, v in zip(ds.class_names, iou):
         if np.isfinite(v):  # a class absent from GT and prediction has no IoU (metrics.py)
             metrics[f"val/iou/{name}"] = float(v)
