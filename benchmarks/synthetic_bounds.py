@@ -1,18 +1,23 @@
 """Reference points on the synthetic benchmark, printed (never asserted): plain CAM mIoU at the
-best background threshold, the single-stage model with default cutoffs, and a fully supervised
-upper bound with the same backbone and budget.
+best background threshold, the single-stage model with default cutoffs (with and without the
+test-time dense CRF), and a fully supervised upper bound with the same backbone and budget.
 
-    python benchmarks/synthetic_bounds.py --space search_spaces/aal.yaml [--epochs N]
+    python benchmarks/synthetic_bounds.py --space search_spaces/aal.yaml [--study studies/aal]
+        [--set train.lr=1e-3] [--epochs N]
 
-Uses the fixed settings and data of the given search space, so the numbers match `make run`.
+Uses the fixed settings and data of the given search space, so the numbers match `make run`;
+``--study`` adds the searched settings of that study's best trial (from its trials.parquet), and
+``--set`` overrides single settings. Searched settings left unset take the trainable defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
 from study.space import load_spec
 from trainables.single_stage import train
@@ -22,28 +27,46 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--space", default="search_spaces/aal.yaml")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--study", default=None, help="take the searched settings of this study's best trial")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     spec = load_spec(args.space)
     base = spec.trainable_config()
+    if args.study:
+        import pandas as pd
+
+        trials = pd.read_parquet(Path(args.study) / "trials.parquet")
+        best = trials.loc[trials["score"].idxmax() if spec.mode == "max" else trials["score"].idxmin()]
+        params = {k[len("param."):]: (v.item() if hasattr(v, "item") else v)
+                  for k, v in best.items() if k.startswith("param.") and pd.notna(v)}
+        print(f"best trial {best['trial_id']} of {args.study}: "
+              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
+        base = {**base, **params}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        base = {**base, key: yaml.safe_load(value)}
     if args.epochs:
         base = {**base, "train.epochs": args.epochs}
     rows = []
     for label, extra in [
-        ("weak: reliable pseudo labels (default cutoffs)", {}),
-        ("full: ground-truth masks (upper bound)", {"train.supervision": "full"}),
+        ("weak: reliable pseudo labels" + (" (best trial)" if args.study else " (default cutoffs)"),
+         {"eval.crf": True}),
+        ("full: ground-truth masks (upper bound)", {"train.supervision": "full", "eval.crf": True}),
     ]:
         t0 = time.perf_counter()
         hist = train({**base, **extra})
         last = hist[-1]
-        rows.append((label, last["val/miou"], last["val/cam_miou"], last["val/cam_threshold"],
+        rows.append((label, last["val/miou_nocrf"], last["val/miou"], last["val/cam_miou"], last["val/cam_threshold"],
                      last.get("train/pseudo/precision", float("nan")), last.get("train/pseudo/coverage", float("nan")),
                      time.perf_counter() - t0))
     print(f"space {args.space}, {len(hist)} epochs, backbone {base['model']['backbone']}")
-    print(f"{'run':<50} {'val mIoU':>9} {'CAM mIoU':>9} {'CAM t':>6} {'PL prec':>8} {'PL cov':>7} {'time s':>7}")
+    print(f"{'run':<50} {'val mIoU':>9} {'+ test CRF':>10} {'CAM mIoU':>9} {'CAM t':>6} {'PL prec':>8} {'PL cov':>7} "
+          f"{'time s':>7}")
     for r in rows:
-        print(f"{r[0]:<50} {100 * r[1]:9.1f} {100 * r[2]:9.1f} {r[3]:6.2f} {100 * r[4]:8.1f} {100 * r[5]:7.1f} {r[6]:7.0f}")
+        print(f"{r[0]:<50} {100 * r[1]:9.1f} {100 * r[2]:10.1f} {100 * r[3]:9.1f} {r[4]:6.2f} {100 * r[5]:8.1f} "
+              f"{100 * r[6]:7.1f} {r[7]:7.0f}")
 
 
 if __name__ == "__main__":
