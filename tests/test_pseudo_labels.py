@@ -219,3 +219,22 @@ def test_batch_reliable_labels_matches_per_image_and_marks_padding():
     assert (unpadded[0, 0, :2] == 0).all() and (unpadded[1, :, 0] == 0).all()
     assert (out[~valid] == IGN).all()
     torch.testing.assert_close(out[valid], unpadded[valid])
+
+
+def test_confidence_is_the_crf_marginal_of_each_reliable_label():
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+    cams = np.zeros((3, 12, 12), np.float32)
+    cams[0, 2:7, 2:7] = 0.95
+    cams[2, 6:11, 6:11] = 0.9
+    cfg = PseudoLabelConfig(crf=False, fg_percentile=0.0, crf_confidence=0.3, bg_cutoff=0.1)
+    label, conf = reliable_labels(rgb, cams, np.array([1, 0, 1]), cfg, return_confidence=True)
+    assert np.array_equal(label, reliable_labels(rgb, cams, np.array([1, 0, 1]), cfg))
+    assert (conf[label == 255] == 0).all()
+    kept = label != 255
+    assert kept.any() and (conf[kept] >= 0.3).all() and (conf[kept] <= 1.0).all()
+    # Without a CRF the marginals are the normalised [bg_high; CAMs] for bg, [bg_low; CAMs] for fg.
+    y, x = 3, 3  # inside class 1's square
+    assert label[y, x] == 1
+    bg_low = (1 - 0.95) ** cfg.alpha_low
+    assert conf[y, x] == pytest.approx(0.95 / (0.95 + bg_low), rel=1e-4)

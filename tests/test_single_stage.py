@@ -33,3 +33,11 @@ def test_dense_energy_term_is_absent_by_default():
 def test_unknown_loss_term_names_the_key():
     with pytest.raises(ValueError, match=r"loss.nope: no such loss term"):
         train({**TINY, "loss.nope": {"enabled": True, "weight": 1.0}})
+
+
+@pytest.mark.parametrize("source", ["crf", "cam", "pred"])
+def test_affinity_term_runs_with_each_confidence_source(source):
+    hist = train({**TINY, "loss.affinity.enabled": True, "loss.affinity.confidence": source,
+                  "loss.affinity.distance": 2})
+    value = hist[-1]["train/loss/affinity"]
+    assert math.isfinite(value) and value >= 0.0

@@ -73,11 +73,13 @@ def _refine(rgb: np.ndarray, scores: np.ndarray, cfg: PseudoLabelConfig) -> np.n
 
 
 def reliable_labels(rgb: np.ndarray, cams: np.ndarray, present: np.ndarray,
-                    cfg: PseudoLabelConfig) -> np.ndarray:
+                    cfg: PseudoLabelConfig, return_confidence: bool = False):
     """Reliable pseudo label (H, W) uint8 of one image: class index (0 = background) or 255.
 
     ``cams`` is (C_fg, H, W) normalised CAMs, ``present`` the (C_fg,) image label.
-    Steps follow spec §2; comments give the step numbers.
+    Steps follow spec §2; comments give the step numbers. With ``return_confidence`` the CRF
+    marginal of each pixel's label (§2.3: background from the high-alpha CRF, foreground from the
+    low-alpha one) comes back too, as a (H, W) float32 map (the affinity loss's "crf" source).
 
     Example:
         >>> cams = np.zeros((2, 1, 4), np.float32); cams[0, 0, :2] = [1.0, 0.9]
@@ -123,17 +125,30 @@ def reliable_labels(rgb: np.ndarray, cams: np.ndarray, present: np.ndarray,
     sure |= (cam_arg == 0) & (scores_high[0] > cfg.bg_cutoff)
 
     label[unsure | ~sure] = IGNORE_INDEX
+    if return_confidence:
+        marg = np.concatenate([prob_high[:1], prob_low[1:]], axis=0)
+        stack_index = np.zeros((h, w), dtype=np.int64)
+        lookup = {int(c): i for i, c in enumerate(to_class)}
+        for c, i in lookup.items():
+            stack_index[label == c] = i
+        conf = np.take_along_axis(marg, stack_index[None], axis=0)[0].astype(np.float32)
+        conf[label == IGNORE_INDEX] = 0.0
+        return label, conf
     return label
 
 
 def batch_reliable_labels(rgb: np.ndarray, cams: torch.Tensor, labels: torch.Tensor,
-                          cfg: PseudoLabelConfig, valid: torch.Tensor | None = None) -> torch.Tensor:
+                          cfg: PseudoLabelConfig, valid: torch.Tensor | None = None,
+                          return_confidence: bool = False):
     """:func:`reliable_labels` over a batch: (B, H, W, 3) uint8, (B, C, H, W) CAMs, (B, C) labels
     -> (B, H, W) int64 on the CAMs' device. Padding (``valid`` False) is always 255."""
     cams_np = cams.detach().float().cpu().numpy()
     labels_np = labels.detach().cpu().numpy()
-    out = np.stack([reliable_labels(rgb[i], cams_np[i], labels_np[i], cfg) for i in range(len(cams_np))])
-    result = torch.from_numpy(out.astype(np.int64)).to(cams.device)
+    pairs = [reliable_labels(rgb[i], cams_np[i], labels_np[i], cfg, return_confidence=True)
+             for i in range(len(cams_np))]
+    result = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.int64)).to(cams.device)
+    conf = torch.from_numpy(np.stack([p[1] for p in pairs])).to(cams.device)
     if valid is not None:
         result[~valid.to(result.device)] = IGNORE_INDEX
-    return result
+        conf[~valid.to(conf.device)] = 0.0
+    return (result, conf) if return_confidence else result

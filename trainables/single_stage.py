@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from trainables import losses
-from trainables.cam import multiscale_cams, normalise_cams
+from trainables.affinity import affinity_loss, pixel_confidence
+from trainables.cam import background_score, multiscale_cams, normalise_cams
 from trainables.config import merge
 from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augment_batch, to_tensor_batch
 from trainables.datasets import load_dataset
@@ -77,6 +78,9 @@ DEFAULTS: dict = {
         # on this project's exact-kernel scale); a 64 px crop has ~650x fewer pixel pairs.
         "dense": {"enabled": False, "weight": 3e-5, "sigma_rgb": 15.0, "sigma_xy": 100.0, "scale": 0.5,
                   "impl": "auto", "rrm_gradient": False},
+        # Adaptive affinity (spec §3, trainables/affinity.py); confidence: crf | cam | pred.
+        "affinity": {"enabled": False, "weight": 0.1, "distance": 4, "margin": 3.0, "diff_weight": 2.0,
+                     "confidence": "crf"},
     },
     # Inference (spec §4): single scale, seg head argmax; ``crf`` adds the optional test-time
     # dense CRF with the spec's settings (then val/miou is the refined prediction's and
@@ -101,6 +105,7 @@ class StepContext:
     cams: torch.Tensor  # (B, C_fg, H, W) normalised, detached
     seg_logits: torch.Tensor  # (B, C+1, H, W) at crop size
     pseudo: torch.Tensor  # (B, H, W) reliable labels, 255 ignored
+    pseudo_confidence: torch.Tensor  # (B, H, W) CRF marginal of each reliable label, 0 elsewhere
     progress: float  # fraction of training done, in [0, 1)
     config: dict
 
@@ -116,13 +121,29 @@ def _dense_term(ctx: StepContext) -> torch.Tensor:
                              impl=str(c["impl"]), rrm_gradient=bool(c["rrm_gradient"]))
 
 
+def _affinity_term(ctx: StepContext) -> torch.Tensor:
+    c = ctx.config["loss"]["affinity"]
+    probs = torch.softmax(ctx.seg_logits, dim=1)
+    source = str(c["confidence"])
+    if source == "cam":
+        alpha = float(ctx.config["pseudo"]["alpha_high"])
+        conf = pixel_confidence("cam", ctx.pseudo, cams=ctx.cams, bg_score=background_score(ctx.cams, alpha))
+    elif source == "pred":
+        conf = pixel_confidence("pred", ctx.pseudo, probs=probs)
+    else:
+        conf = pixel_confidence(source, ctx.pseudo, crf_confidence=ctx.pseudo_confidence)
+    return affinity_loss(probs, ctx.pseudo, conf, distance=int(c["distance"]), margin=float(c["margin"]),
+                         diff_weight=float(c["diff_weight"]))
+
+
 LOSS_TERMS: dict[str, LossTerm] = {
     "cls": lambda ctx: losses.classification_loss(ctx.out["logits"], ctx.batch.labels.to(ctx.out["logits"].device)),
     "ce": lambda ctx: losses.balanced_ce_loss(ctx.seg_logits, ctx.pseudo),
     "dense": _dense_term,
+    "affinity": _affinity_term,
 }
 # Terms that supervise the segmentation branch are held back during the warm-up.
-SEGMENTATION_TERMS = {"ce", "dense"}
+SEGMENTATION_TERMS = {"ce", "dense", "affinity"}
 
 
 class Reporter:
@@ -341,13 +362,16 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
             if t["supervision"] == "full":
                 pseudo = batch.gt.to(device)
                 pseudo[~batch.valid.to(device)] = IGNORE_INDEX
+                pseudo_conf = (pseudo != IGNORE_INDEX).float()
             elif seg_on:
-                pseudo = batch_reliable_labels(batch.rgb, cams, labels, pl_cfg, batch.valid)
+                pseudo, pseudo_conf = batch_reliable_labels(batch.rgb, cams, labels, pl_cfg, batch.valid,
+                                                            return_confidence=True)
             else:
                 pseudo = torch.full((len(x), *size), IGNORE_INDEX, dtype=torch.long, device=device)
+                pseudo_conf = torch.zeros((len(x), *size), device=device)
             if batch.gt is not None and seg_on:
                 counts += pseudo_label_quality(pseudo.cpu(), batch.gt)
-            ctx = StepContext(batch, out, cams.detach(), seg_logits, pseudo, progress, cfg)
+            ctx = StepContext(batch, out, cams.detach(), seg_logits, pseudo, pseudo_conf, progress, cfg)
             loss = x.new_zeros(())
             for name, term_cfg in enabled.items():
                 if name in SEGMENTATION_TERMS and not seg_on:
