@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = 255
+from trainables.data import IGNORE_INDEX
+
 EPS_LOW, EPS_HIGH = 1e-4, 1.0
 
 
@@ -69,7 +70,7 @@ def affinity_loss(probs: torch.Tensor, labels: torch.Tensor, confidence: torch.T
         p_c, p_n = _shift_pairs(probs, dy, dx)
         l_c, l_n = _shift_pairs(labels, dy, dx)
         w_c, w_n = _shift_pairs(confidence, dy, dx)
-        valid = (l_c != IGNORE) & (l_n != IGNORE)
+        valid = (l_c != IGNORE_INDEX) & (l_n != IGNORE_INDEX)
         kl = binary_kl(p_n, p_c)
         w = torch.maximum(w_c, w_n)
         same = valid & (l_c == l_n)
@@ -92,8 +93,7 @@ def pixel_confidence(source: str, labels: torch.Tensor, *, crf_confidence: torch
     marginal the pseudo label was read from), ``cam`` (normalised CAM of the label's class,
     ``bg_score`` for background) or ``pred`` (detached softmax of the label's class). Ignored
     pixels get 0 (they are never paired anyway)."""
-    safe = labels.clamp_max(IGNORE - 1).clone()
-    safe[labels == IGNORE] = 0
+    safe = torch.where(labels == IGNORE_INDEX, torch.zeros_like(labels), labels)
     if source == "crf":
         if crf_confidence is None:
             raise ValueError("loss.affinity.confidence='crf' needs the CRF marginals (pseudo.crf: true)")
@@ -109,4 +109,4 @@ def pixel_confidence(source: str, labels: torch.Tensor, *, crf_confidence: torch
         conf = probs.detach().gather(1, safe[:, None])[:, 0]
     else:
         raise ValueError(f"loss.affinity.confidence={source!r}: choose crf, cam or pred")
-    return torch.where(labels == IGNORE, torch.zeros_like(conf), conf).detach()
+    return torch.where(labels == IGNORE_INDEX, torch.zeros_like(conf), conf).detach()

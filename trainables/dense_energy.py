@@ -30,7 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from trainables.data import IGNORE_INDEX
+
 
 
 def _features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
@@ -194,7 +195,7 @@ def dense_energy_loss(seg_logits: torch.Tensor, image: torch.Tensor, pseudo: tor
     probs = probs * region[:, None]
     with torch.no_grad():
         gate = (region - probs.amax(dim=1)).clamp_min(0.0)
-        gate = torch.where(pseudo == IGNORE, region, gate)[:, None]
+        gate = torch.where(pseudo == IGNORE_INDEX, region, gate)[:, None]
     name = choose_filter(impl, probs.shape[-2] * probs.shape[-1])
     filt = FILTERS[name]
     if rrm_gradient:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np

@@ -9,7 +9,7 @@ per-class floor + percentile pruning (foreground) or the background cutoff; the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -37,10 +37,27 @@ class PseudoLabelConfig:
     crf_iterations: int = 10
 
 
-def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg) -> np.ndarray:
+@dataclass(frozen=True)
+class CrfSettings:
+    """Dense CRF settings alone (the test-time CRF of spec §4), with the same ``crf_*`` names
+    as :class:`PseudoLabelConfig` so either can be passed to :func:`dense_crf`."""
+
+    crf_gauss_sxy: float = 3.0
+    crf_gauss_compat: float = 3.0
+    crf_bilateral_sxy: float = 83.0
+    crf_bilateral_srgb: float = 5.0
+    crf_bilateral_compat: float = 4.0
+    crf_iterations: int = 10
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "CrfSettings":
+        """The ``crf_*`` entries of a config section (other keys are left out)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg: PseudoLabelConfig | CrfSettings) -> np.ndarray:
     """Mean-field dense CRF (pydensecrf) over (K, H, W) probabilities of an (H, W, 3) uint8 image.
 
-    ``cfg`` holds the ``crf_*`` settings (a :class:`PseudoLabelConfig` or the test-time ones).
     Returns the (K, H, W) marginals. The probabilities are renormalised per pixel first: that
     shifts each pixel's unary by a constant, which leaves the CRF's output unchanged, and lets
     unnormalised [bg; CAM] scores be passed as RRM does.
@@ -127,11 +144,9 @@ def reliable_labels(rgb: np.ndarray, cams: np.ndarray, present: np.ndarray,
     label[unsure | ~sure] = IGNORE_INDEX
     if return_confidence:
         marg = np.concatenate([prob_high[:1], prob_low[1:]], axis=0)
-        stack_index = np.zeros((h, w), dtype=np.int64)
-        lookup = {int(c): i for i, c in enumerate(to_class)}
-        for c, i in lookup.items():
-            stack_index[label == c] = i
-        conf = np.take_along_axis(marg, stack_index[None], axis=0)[0].astype(np.float32)
+        stack_of = np.zeros(256, dtype=np.int64)  # class index -> stack index (255 -> 0)
+        stack_of[to_class] = np.arange(len(to_class))
+        conf = np.take_along_axis(marg, stack_of[label][None], axis=0)[0].astype(np.float32)
         conf[label == IGNORE_INDEX] = 0.0
         return label, conf
     return label
@@ -144,11 +159,14 @@ def batch_reliable_labels(rgb: np.ndarray, cams: torch.Tensor, labels: torch.Ten
     -> (B, H, W) int64 on the CAMs' device. Padding (``valid`` False) is always 255."""
     cams_np = cams.detach().float().cpu().numpy()
     labels_np = labels.detach().cpu().numpy()
-    pairs = [reliable_labels(rgb[i], cams_np[i], labels_np[i], cfg, return_confidence=True)
-             for i in range(len(cams_np))]
-    result = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.int64)).to(cams.device)
-    conf = torch.from_numpy(np.stack([p[1] for p in pairs])).to(cams.device)
+    outs = [reliable_labels(rgb[i], cams_np[i], labels_np[i], cfg, return_confidence=return_confidence)
+            for i in range(len(cams_np))]
+    labels_out = [o[0] for o in outs] if return_confidence else outs
+    result = torch.from_numpy(np.stack(labels_out).astype(np.int64)).to(cams.device)
     if valid is not None:
         result[~valid.to(result.device)] = IGNORE_INDEX
-        conf[~valid.to(conf.device)] = 0.0
-    return (result, conf) if return_confidence else result
+    if not return_confidence:
+        return result
+    conf = torch.from_numpy(np.stack([o[1] for o in outs])).to(cams.device)
+    conf[result == IGNORE_INDEX] = 0.0
+    return result, conf

@@ -11,8 +11,6 @@ The loss is L = w_cls L_cls + sum of enabled terms w_k L_k; each term is an entr
 
 from __future__ import annotations
 
-import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 
 from trainables import losses
 from trainables.affinity import affinity_loss, pixel_confidence
-from trainables.cam import background_score, multiscale_cams, normalise_cams
+from trainables.cam import background_score, multiscale_cams
 from trainables.config import merge
 from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augment_batch, to_tensor_batch
 from trainables.datasets import load_dataset
@@ -33,7 +31,7 @@ from trainables.dense_energy import dense_energy_loss
 from trainables.metrics import CamThresholdSweep, confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
 from trainables.model import SingleStageNet
 from trainables.pretrain import classification_pretrain
-from trainables.pseudo_labels import PseudoLabelConfig, batch_reliable_labels, dense_crf
+from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, batch_reliable_labels, dense_crf
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
@@ -85,9 +83,7 @@ DEFAULTS: dict = {
     # Inference (spec §4): single scale, seg head argmax; ``crf`` adds the optional test-time
     # dense CRF with the spec's settings (then val/miou is the refined prediction's and
     # val/miou_nocrf the raw one's).
-    "eval": {"batch_size": 32, "every": 1, "crf": False, "crf_gauss_sxy": 3.0, "crf_gauss_compat": 3.0,
-             "crf_bilateral_sxy": 83.0, "crf_bilateral_srgb": 5.0, "crf_bilateral_compat": 4.0,
-             "crf_iterations": 10},
+    "eval": {"batch_size": 32, "every": 1, "crf": False, **{f.name: f.default for f in fields(CrfSettings)}},
 }
 
 
@@ -221,22 +217,6 @@ def build_optimizer(model: SingleStageNet, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer={t['optimizer']!r}: choose sgd or adam")
 
 
-@dataclass(frozen=True)
-class InferenceCrf:
-    """Test-time dense CRF settings (spec §4), in the attribute names :func:`dense_crf` reads."""
-
-    crf_gauss_sxy: float
-    crf_gauss_compat: float
-    crf_bilateral_sxy: float
-    crf_bilateral_srgb: float
-    crf_bilateral_compat: float
-    crf_iterations: int
-
-    @classmethod
-    def from_eval(cls, ev: dict) -> "InferenceCrf":
-        return cls(**{f.name: ev[f.name] for f in fields(cls)})
-
-
 @torch.no_grad()
 def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device) -> dict:
     """Segmentation mIoU on val (seg head argmax at full resolution, optionally refined by a
@@ -244,7 +224,7 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
     sizes are evaluated one size group at a time."""
     model.eval()
     split = ds.val
-    crf = InferenceCrf.from_eval(cfg["eval"]) if cfg["eval"]["crf"] else None
+    crf = CrfSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
     conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
     conf_raw = np.zeros_like(conf)
     sweep = CamThresholdSweep(ds.num_classes)
