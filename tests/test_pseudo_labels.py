@@ -238,3 +238,32 @@ def test_confidence_is_the_crf_marginal_of_each_reliable_label():
     assert label[y, x] == 1
     bg_low = (1 - 0.95) ** cfg.alpha_low
     assert conf[y, x] == pytest.approx(0.95 / (0.95 + bg_low), rel=1e-4)
+
+
+def test_pool_gives_the_serial_labels_and_confidence():
+    # Real CRFs on real texture crops, four images with different class sets (one with none).
+    from skimage import data as skdata
+
+    from trainables.pseudo_labels import PseudoLabeler
+
+    photo = skdata.astronaut()[::8, ::8][:40, :48]
+    rgb = np.stack([photo, photo[::-1], photo[:, ::-1], photo[::-1, ::-1]]).copy()
+    rng = np.random.default_rng(11)
+    cams = torch.from_numpy(rng.random((4, 3, 40, 48)).astype(np.float32) ** 3)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    valid = torch.ones(4, 40, 48, dtype=torch.bool)
+    valid[2, :5] = False
+    cfg = PseudoLabelConfig(crf_iterations=3, fg_percentile=0.3, crf_confidence=0.5)
+    serial, serial_conf = batch_reliable_labels(rgb, cams, labels, cfg, valid, return_confidence=True)
+    with PseudoLabeler(cfg, workers=2) as pool:
+        pending = [pool.submit(rgb, cams, labels, valid, return_confidence=True) for _ in range(2)]
+        results = [p.result() for p in pending]
+    for pooled, pooled_conf in results:
+        torch.testing.assert_close(pooled, serial)
+        torch.testing.assert_close(pooled_conf, serial_conf)
+    # labels are class indices of the full label set, not of the present-class stack
+    assert set(torch.unique(serial[0]).tolist()) <= {0, 1, 3, 255}
+    assert set(torch.unique(serial[1]).tolist()) <= {0, 2, 255}
+    assert set(torch.unique(serial[3]).tolist()) <= {0, 255}
+    assert (serial[2, :5] == 255).all() and (serial_conf[2, :5] == 0).all()
+    assert (serial[0] == 3).any() and (serial[1] == 2).any()

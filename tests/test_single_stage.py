@@ -41,3 +41,44 @@ def test_affinity_term_runs_with_each_confidence_source(source):
                   "loss.affinity.distance": 2})
     value = hist[-1]["train/loss/affinity"]
     assert math.isfinite(value) and value >= 0.0
+
+
+def test_pool_without_overlap_trains_exactly_as_in_process():
+    # Same batches, same CAMs, the same labels computed in two worker processes: same run.
+    serial = train({**TINY, "train.epochs": 2, "pseudo.workers": 0})
+    pooled = train({**TINY, "train.epochs": 2, "pseudo.workers": 2, "pseudo.overlap": False})
+    for a, b in zip(serial, pooled):
+        for key in ("train/loss/total", "train/pseudo/precision", "train/pseudo/coverage", "val/miou"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    assert pooled[-1]["time/pseudo_wait_s"] >= 0.0
+
+
+def test_overlap_labels_the_next_batch_from_the_current_weights():
+    # One step stale: the run differs from the serial one, but trains and reports pseudo labels.
+    hist = train({**TINY, "train.epochs": 2, "pseudo.workers": 1, "pseudo.overlap": True})
+    serial = train({**TINY, "train.epochs": 2, "pseudo.workers": 0})
+    assert math.isfinite(hist[-1]["train/loss/total"])
+    assert 0.0 < hist[-1]["train/pseudo/coverage"] <= 1.0
+    assert hist[-1]["train/loss/total"] != serial[-1]["train/loss/total"]
+
+
+def test_workers_must_be_a_count_or_auto():
+    with pytest.raises(ValueError, match=r"pseudo.workers=-1"):
+        train({**TINY, "pseudo.workers": -1})
+
+
+def test_frozen_bn_stats_normalises_with_the_batch_but_keeps_running_statistics():
+    import torch
+    from torch import nn
+
+    from trainables.model import frozen_bn_stats
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).train()
+    x = torch.randn(2, 3, 5, 5) * 3 + 1
+    before = net[1].running_mean.clone()
+    with frozen_bn_stats(net), torch.no_grad():
+        y = net(x)
+    assert torch.equal(net[1].running_mean, before) and net[1].momentum == 0.1
+    assert y.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # batch statistics were used
+    net(x)
+    assert not torch.equal(net[1].running_mean, before)

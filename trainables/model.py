@@ -3,6 +3,9 @@ weights give CAMs, and a segmentation head over C+1 classes (background included
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -56,3 +59,19 @@ class SingleStageNet(nn.Module):
         backbone = list(self.backbone.parameters())
         ids = {id(p) for p in backbone}
         return backbone, [p for p in self.parameters() if id(p) not in ids]
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave BatchNorm running statistics untouched (momentum 0) while
+    still normalising with batch statistics in train mode: for the extra no-grad passes that
+    only compute CAMs (other scales, pseudo labels a step ahead), so a batch is not counted twice."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum

@@ -17,6 +17,12 @@ import torch
 from trainables.data import IGNORE_INDEX
 
 
+def _from_mapping(cls, values: dict):
+    """The dataclass built from the entries of a config section that are its fields (others,
+    such as the trainer's ``pseudo.workers`` or ``eval.crf``, are left out)."""
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
 @dataclass(frozen=True)
 class PseudoLabelConfig:
     """The CAM pruning cutoffs a study searches (RRM defaults)."""
@@ -36,6 +42,8 @@ class PseudoLabelConfig:
     crf_bilateral_compat: float = 10.0
     crf_iterations: int = 10
 
+    from_mapping = classmethod(_from_mapping)
+
 
 @dataclass(frozen=True)
 class CrfSettings:
@@ -49,10 +57,7 @@ class CrfSettings:
     crf_bilateral_compat: float = 4.0
     crf_iterations: int = 10
 
-    @classmethod
-    def from_mapping(cls, values: dict) -> "CrfSettings":
-        """The ``crf_*`` entries of a config section (other keys are left out)."""
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+    from_mapping = classmethod(_from_mapping)
 
 
 def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg: PseudoLabelConfig | CrfSettings) -> np.ndarray:
@@ -152,21 +157,94 @@ def reliable_labels(rgb: np.ndarray, cams: np.ndarray, present: np.ndarray,
     return label
 
 
+def _label_image(rgb: np.ndarray, cams: np.ndarray, classes: np.ndarray, cfg: PseudoLabelConfig,
+                 with_confidence: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image's task: ``cams`` holds the present classes only (``classes`` their indices), so a
+    worker receives a few maps instead of all C. Labels come back in class indices."""
+    out = reliable_labels(rgb, cams, np.ones(len(classes)), cfg, return_confidence=with_confidence)
+    label, conf = out if with_confidence else (out, None)
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)  # stack index -> class index
+    lut[: len(classes) + 1] = np.concatenate([[0], np.asarray(classes) + 1])
+    return lut[label], conf
+
+
+class PendingLabels:
+    """Pseudo labels of one batch being computed; :meth:`result` waits for them."""
+
+    def __init__(self, parts: list, valid: torch.Tensor | None):
+        self._parts = parts  # per image: (label, conf) or a Future of it
+        self._valid = valid
+
+    def result(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, H, W) int64 labels (255 ignored, padding always 255) and, when asked for at submit,
+        the (B, H, W) float CRF confidence of each reliable label (0 elsewhere), on ``device``."""
+        outs = [p.result() if hasattr(p, "result") else p for p in self._parts]
+        labels = torch.from_numpy(np.stack([o[0] for o in outs]).astype(np.int64))
+        if self._valid is not None:
+            labels[~self._valid.cpu()] = IGNORE_INDEX
+        conf = None
+        if outs[0][1] is not None:
+            conf = torch.from_numpy(np.stack([o[1] for o in outs]))
+            conf[labels == IGNORE_INDEX] = 0.0
+            conf = conf.to(device)
+        return labels.to(device), conf
+
+
+class PseudoLabeler:
+    """Reliable pseudo labels for batches, per image in a process pool (``workers`` > 0) or in
+    the calling process (``workers`` = 0, serially, as RRM does).
+
+    :meth:`submit` returns at once with a :class:`PendingLabels`; the CRFs then run while the
+    caller does other work (the trainer's network step), which is how the CRF cost is hidden
+    (spec §2: RRM ran them serially and managed about 1 image/s, RRM issue #13). Workers are
+    started by a fork server that has imported this module once, so starting one is cheap and
+    never forks a process holding torch's thread pools.
+    """
+
+    def __init__(self, cfg: PseudoLabelConfig, workers: int = 0):
+        self.cfg = cfg
+        self.workers = int(workers)
+        self._pool = None
+        if self.workers > 0:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+            if ctx.get_start_method() == "forkserver":
+                ctx.set_forkserver_preload([__name__])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+
+    def submit(self, rgb: np.ndarray, cams: torch.Tensor, labels: torch.Tensor,
+               valid: torch.Tensor | None = None, return_confidence: bool = False) -> PendingLabels:
+        """Start labelling a batch: (B, H, W, 3) uint8 images, (B, C, H, W) normalised CAMs and
+        (B, C) image labels. In serial mode the work is done here, before returning."""
+        cams_np = cams.detach().float().cpu().numpy()
+        labels_np = labels.detach().cpu().numpy()
+        parts = []
+        for i in range(len(cams_np)):
+            classes = np.flatnonzero(labels_np[i] > 0.5)
+            args = (np.ascontiguousarray(rgb[i]), np.ascontiguousarray(cams_np[i][classes]), classes, self.cfg,
+                    return_confidence)
+            parts.append(self._pool.submit(_label_image, *args) if self._pool else _label_image(*args))
+        return PendingLabels(parts, None if valid is None else valid.detach().cpu())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "PseudoLabeler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def batch_reliable_labels(rgb: np.ndarray, cams: torch.Tensor, labels: torch.Tensor,
                           cfg: PseudoLabelConfig, valid: torch.Tensor | None = None,
                           return_confidence: bool = False):
-    """:func:`reliable_labels` over a batch: (B, H, W, 3) uint8, (B, C, H, W) CAMs, (B, C) labels
-    -> (B, H, W) int64 on the CAMs' device. Padding (``valid`` False) is always 255."""
-    cams_np = cams.detach().float().cpu().numpy()
-    labels_np = labels.detach().cpu().numpy()
-    outs = [reliable_labels(rgb[i], cams_np[i], labels_np[i], cfg, return_confidence=return_confidence)
-            for i in range(len(cams_np))]
-    labels_out = [o[0] for o in outs] if return_confidence else outs
-    result = torch.from_numpy(np.stack(labels_out).astype(np.int64)).to(cams.device)
-    if valid is not None:
-        result[~valid.to(result.device)] = IGNORE_INDEX
-    if not return_confidence:
-        return result
-    conf = torch.from_numpy(np.stack([o[1] for o in outs])).to(cams.device)
-    conf[result == IGNORE_INDEX] = 0.0
-    return result, conf
+    """:func:`reliable_labels` over a batch, in this process: (B, H, W, 3) uint8, (B, C, H, W)
+    CAMs, (B, C) labels -> (B, H, W) int64 on the CAMs' device (and the confidence map with
+    ``return_confidence``). Padding (``valid`` False) is always 255."""
+    labels_out, conf = PseudoLabeler(cfg).submit(rgb, cams, labels, valid, return_confidence).result(cams.device)
+    return (labels_out, conf) if return_confidence else labels_out

@@ -11,6 +11,7 @@ The loss is L = w_cls L_cls + sum of enabled terms w_k L_k; each term is an entr
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -29,9 +30,9 @@ from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augme
 from trainables.datasets import load_dataset
 from trainables.dense_energy import dense_energy_loss
 from trainables.metrics import CamThresholdSweep, confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
-from trainables.model import SingleStageNet
+from trainables.model import SingleStageNet, frozen_bn_stats
 from trainables.pretrain import classification_pretrain
-from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, batch_reliable_labels, dense_crf
+from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
@@ -67,7 +68,11 @@ DEFAULTS: dict = {
     # Classification pretraining shared by all trials (trainables/pretrain.py).
     "pretrain": {"enabled": True, "epochs": 20, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-5},
     "cam": {"scales": [1.0]},
-    "pseudo": {f.name: f.default for f in fields(PseudoLabelConfig)},
+    # ``workers``: CRF processes per trial ("auto": none on CPU, where the network uses the
+    # trial's cores; the trial's CPUs - 1 on GPU). ``overlap``: with workers, label the next
+    # batch (CAMs from a no-grad pass with the current weights, so one step old) while this step
+    # trains, which hides the CRFs; off, the CRFs of a batch run in the pool while the step waits.
+    "pseudo": {**{f.name: f.default for f in fields(PseudoLabelConfig)}, "workers": "auto", "overlap": True},
     "loss": {
         "cls": {"enabled": True, "weight": 1.0},
         "ce": {"enabled": True, "weight": 1.0},
@@ -198,6 +203,30 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _trial_cpus() -> int:
+    """CPUs this trial may use: Ray's assignment inside a trial, else the process's affinity."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if cpus:
+                return max(1, int(cpus))
+    except Exception:
+        pass
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pseudo_workers(value, device: torch.device) -> int:
+    """Resolve ``pseudo.workers``: an int, or "auto" (0 on CPU, trial CPUs - 1 on GPU)."""
+    if value == "auto":
+        return 0 if device.type == "cpu" else max(0, _trial_cpus() - 1)
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"pseudo.workers={value!r}: a number of processes >= 0, or 'auto'")
+    return n
+
+
 def _poly_lr(base: float, progress: float, power: float) -> float:
     return base * (1.0 - progress) ** power
 
@@ -298,7 +327,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
     ds = load_dataset(cfg["data"])
     model = SingleStageNet(cfg["model"], ds.num_fg).to(device)
     optimizer = build_optimizer(model, cfg)
-    pl_cfg = PseudoLabelConfig(**cfg["pseudo"])
+    pl_cfg = PseudoLabelConfig.from_mapping(cfg["pseudo"])
     enabled = {k: v for k, v in cfg["loss"].items() if v.get("enabled", True) and float(v.get("weight", 1.0)) != 0.0}
     unknown = set(enabled) - set(LOSS_TERMS)
     if unknown:
@@ -320,72 +349,106 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
     steps_per_epoch = max(1, n // bs)
     total_steps = epochs * steps_per_epoch
     history = list(getattr(reporter, "history", []))
+    weak = t["supervision"] != "full"
+    labeler = PseudoLabeler(pl_cfg, pseudo_workers(cfg["pseudo"]["workers"], device) if weak else 0)
+    overlap = labeler.workers > 0 and bool(cfg["pseudo"]["overlap"])
+    scales = cfg["cam"]["scales"]
+
+    def cam_fn(z: torch.Tensor) -> torch.Tensor:
+        return model(z)["cam_raw"]
+
+    def label_ahead(b: TrainBatch):
+        """Start the CRFs of a batch from no-grad CAMs of the current weights (overlap mode)."""
+        lb = b.labels.to(device)
+        with frozen_bn_stats(model):
+            cams_b = multiscale_cams(cam_fn, b.image.to(device), lb, scales)
+        return labeler.submit(b.rgb, cams_b, lb, b.valid, return_confidence=True)
+
     model.train()
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        counts = np.zeros(3, dtype=np.int64)
-        order = rng.permutation(n)
-        seg_on = epoch >= int(t["seg_warmup_epochs"])
-        for step in range(steps_per_epoch):
-            progress = (epoch * steps_per_epoch + step) / total_steps
-            for g in optimizer.param_groups:
-                g["lr"] = _poly_lr(g["base_lr"], progress, t["poly_power"])
-            batch = augment_batch(ds.train, order[step * bs : (step + 1) * bs], int(t["crop"]),
-                                  (float(t["scale_min"]), float(t["scale_max"])), bool(t["flip"]), rng)
-            x = batch.image.to(device)
-            out = model(x)
-            labels = batch.labels.to(device)
-            size = tuple(x.shape[-2:])
-            cams = multiscale_cams(lambda z: model(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
-            seg_logits = F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)
-            if t["supervision"] == "full":
-                pseudo = batch.gt.to(device)
-                pseudo[~batch.valid.to(device)] = IGNORE_INDEX
-                pseudo_conf = (pseudo != IGNORE_INDEX).float()
-            elif seg_on:
-                pseudo, pseudo_conf = batch_reliable_labels(batch.rgb, cams, labels, pl_cfg, batch.valid,
-                                                            return_confidence=True)
+    try:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            counts = np.zeros(3, dtype=np.int64)
+            order = rng.permutation(n)
+            seg_on = epoch >= int(t["seg_warmup_epochs"])
+
+            def next_batch(step: int) -> TrainBatch:
+                return augment_batch(ds.train, order[step * bs : (step + 1) * bs], int(t["crop"]),
+                                     (float(t["scale_min"]), float(t["scale_max"])), bool(t["flip"]), rng)
+
+            batch = next_batch(0)
+            pending = label_ahead(batch) if overlap and weak and seg_on else None
+            for step in range(steps_per_epoch):
+                progress = (epoch * steps_per_epoch + step) / total_steps
+                for g in optimizer.param_groups:
+                    g["lr"] = _poly_lr(g["base_lr"], progress, t["poly_power"])
+                # The next batch is drawn now either way, so the batches (and the rng) do not depend
+                # on the overlap switch; in overlap mode its CRFs start here and run during this step.
+                upcoming = next_batch(step + 1) if step + 1 < steps_per_epoch else None
+                upcoming_pending = label_ahead(upcoming) if upcoming is not None and pending is not None else None
+                x = batch.image.to(device)
+                out = model(x)
+                labels = batch.labels.to(device)
+                size = tuple(x.shape[-2:])
+                with frozen_bn_stats(model):
+                    cams = multiscale_cams(cam_fn, x, labels, scales, out["cam_raw"])
+                seg_logits = F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)
+                if not weak:
+                    pseudo = batch.gt.to(device)
+                    pseudo[~batch.valid.to(device)] = IGNORE_INDEX
+                    pseudo_conf = (pseudo != IGNORE_INDEX).float()
+                elif seg_on:
+                    if pending is None:  # serial: CRFs of this step's own CAMs (in the pool, if any)
+                        pending = labeler.submit(batch.rgb, cams, labels, batch.valid, return_confidence=True)
+                    waited = time.perf_counter()
+                    pseudo, pseudo_conf = pending.result(device)
+                    sums["time/pseudo_wait_s"] = sums.get("time/pseudo_wait_s", 0.0) + time.perf_counter() - waited
+                else:
+                    pseudo = torch.full((len(x), *size), IGNORE_INDEX, dtype=torch.long, device=device)
+                    pseudo_conf = torch.zeros((len(x), *size), device=device)
+                if batch.gt is not None and seg_on:
+                    counts += pseudo_label_quality(pseudo.cpu(), batch.gt)
+                ctx = StepContext(batch, out, cams.detach(), seg_logits, pseudo, pseudo_conf, progress, cfg)
+                loss = x.new_zeros(())
+                for name, term_cfg in enabled.items():
+                    if name in SEGMENTATION_TERMS and not seg_on:
+                        continue
+                    value = LOSS_TERMS[name](ctx)
+                    loss = loss + float(term_cfg.get("weight", 1.0)) * value
+                    sums[f"train/loss/{name}"] = sums.get(f"train/loss/{name}", 0.0) + float(value.detach())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
+                                             + ", ".join(f"{k}={v / (step + 1):.4g}" for k, v in sums.items()))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums["train/loss/total"] = sums.get("train/loss/total", 0.0) + float(loss.detach())
+                batch, pending = upcoming, upcoming_pending
+            elapsed = time.perf_counter() - t0
+            metrics: dict = {"epoch": epoch + 1}
+            metrics.update({k: v / steps_per_epoch for k, v in sums.items() if not k.startswith("time/")})
+            if "time/pseudo_wait_s" in sums:  # time the step waited for its pseudo labels, per epoch
+                metrics["time/pseudo_wait_s"] = sums["time/pseudo_wait_s"]
+            if counts[0] > 0 or counts[2] > 0:
+                metrics["train/pseudo/precision"] = counts[1] / max(counts[0], 1)
+                metrics["train/pseudo/coverage"] = counts[0] / max(counts[2], 1)
+            metrics["train/images_per_s"] = steps_per_epoch * bs / elapsed
+            metrics["time/epoch_s"] = elapsed
+            last = epoch + 1 == epochs
+            # Every report carries val/* (ASHA and the searcher read the metric each time): between
+            # evaluations the last values are repeated.
+            if last or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
+                metrics.update(evaluate(model, ds, cfg, device))
             else:
-                pseudo = torch.full((len(x), *size), IGNORE_INDEX, dtype=torch.long, device=device)
-                pseudo_conf = torch.zeros((len(x), *size), device=device)
-            if batch.gt is not None and seg_on:
-                counts += pseudo_label_quality(pseudo.cpu(), batch.gt)
-            ctx = StepContext(batch, out, cams.detach(), seg_logits, pseudo, pseudo_conf, progress, cfg)
-            loss = x.new_zeros(())
-            for name, term_cfg in enabled.items():
-                if name in SEGMENTATION_TERMS and not seg_on:
-                    continue
-                value = LOSS_TERMS[name](ctx)
-                loss = loss + float(term_cfg.get("weight", 1.0)) * value
-                sums[f"train/loss/{name}"] = sums.get(f"train/loss/{name}", 0.0) + float(value.detach())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
-                                         + ", ".join(f"{k}={v / (step + 1):.4g}" for k, v in sums.items()))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums["train/loss/total"] = sums.get("train/loss/total", 0.0) + float(loss.detach())
-        elapsed = time.perf_counter() - t0
-        metrics: dict = {"epoch": epoch + 1}
-        metrics.update({k: v / steps_per_epoch for k, v in sums.items()})
-        if counts[0] > 0 or counts[2] > 0:
-            metrics["train/pseudo/precision"] = counts[1] / max(counts[0], 1)
-            metrics["train/pseudo/coverage"] = counts[0] / max(counts[2], 1)
-        metrics["train/images_per_s"] = steps_per_epoch * bs / elapsed
-        metrics["time/epoch_s"] = elapsed
-        last = epoch + 1 == epochs
-        # Every report carries val/* (ASHA and the searcher read the metric each time): between
-        # evaluations the last values are repeated.
-        if last or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
-            metrics.update(evaluate(model, ds, cfg, device))
-        else:
-            metrics.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
-        ckpt = None
-        if last or (epoch + 1) % int(t["checkpoint_every"]) == 0:
-            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                    "rng_seed": int(rng.integers(2**31))}
-            rng = np.random.default_rng(ckpt["rng_seed"])
-        history.append(metrics)
-        reporter.report(metrics, ckpt)
+                metrics.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
+            ckpt = None
+            if last or (epoch + 1) % int(t["checkpoint_every"]) == 0:
+                ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                        "rng_seed": int(rng.integers(2**31))}
+                rng = np.random.default_rng(ckpt["rng_seed"])
+            history.append(metrics)
+            reporter.report(metrics, ckpt)
+    finally:
+        labeler.close()
     return history
