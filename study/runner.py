@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +62,7 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
     lines = [
         f"study      {spec.name}  ({spec.path})",
         f"method     {spec.method}: {method.summary}",
-        f"data       " + ", ".join(f"{k}={v}" for k, v in spec.data.items()),
+        "data       " + ", ".join(f"{k}={v}" for k, v in spec.data.items()),
         f"budget     {spec.samples} trials, at most {spec.concurrency} at once, {spec.epochs} epochs each",
         f"searcher   optuna {spec.sampler} (seed {spec.seed}), study stored in {opts.output / 'optuna.db'}",
     ]

@@ -82,3 +82,31 @@ def test_frozen_bn_stats_normalises_with_the_batch_but_keeps_running_statistics(
     assert y.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # batch statistics were used
     net(x)
     assert not torch.equal(net[1].running_mean, before)
+
+
+def test_reassign_term_trains_the_embedding_and_relabels_after_warmup():
+    hist = train({**TINY, "train.epochs": 2, "loss.reassign.enabled": True, "loss.reassign.warmup": 0.5,
+                  "loss.reassign.tau": 0.0})
+    first, last = hist
+    assert math.isfinite(first["train/loss/reassign"]) and first["train/loss/reassign"] > 0
+    assert "train/reassign/changed" not in first  # warm-up: the loss runs, nothing is relabelled
+    assert 0.0 < last["train/reassign/changed"] <= 1.0  # tau 0: any nearer prototype relabels
+    for key in ("train/reassign/precision_before", "train/reassign/precision_after"):
+        assert 0.0 <= last[key] <= 1.0
+
+
+def test_reassign_with_pretrained_checkpoint_adds_only_the_embedding_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSSS_CACHE_DIR", str(tmp_path))
+    cfg = {**TINY, "pretrain": {"enabled": True, "epochs": 1, "batch_size": 8}}
+    train(cfg)  # caches the classification checkpoint without an embedding head
+    hist = train({**cfg, "loss.reassign.enabled": True})
+    assert math.isfinite(hist[-1]["train/loss/reassign"])
+    assert len(list(tmp_path.glob("pretrain-*.pt"))) == 1  # the same checkpoint served both
+
+
+def test_decoupled_ce_changes_the_ce_value_but_not_with_equal_weights():
+    plain = train(TINY)[-1]["train/loss/ce"]
+    equal = train({**TINY, "loss.ce.decouple": True, "loss.ce.body_weight": 1.0, "loss.ce.detail_weight": 1.0})
+    boundary = train({**TINY, "loss.ce.decouple": True, "loss.ce.body_weight": 0.2, "loss.ce.detail_weight": 3.0})
+    assert equal[-1]["train/loss/ce"] == pytest.approx(plain, rel=1e-5)
+    assert boundary[-1]["train/loss/ce"] != pytest.approx(plain, rel=1e-3)

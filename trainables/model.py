@@ -17,10 +17,12 @@ class SingleStageNet(nn.Module):
 
     ``forward`` returns a dict with ``cam_raw`` (B, C, h, w): the classifier applied densely,
     before ReLU; ``logits`` (B, C): its global average (= classifier on pooled features, §1);
-    ``seg`` (B, C+1, h, w) segmentation logits; ``features`` (B, F, h, w).
+    ``seg`` (B, C+1, h, w) segmentation logits; ``features`` (B, F, h, w); with ``embed_dim`` > 0
+    also ``embed`` (B, embed_dim, h, w), a 1x1 projection of the segmentation head's hidden
+    features (the label reassign loss's embedding head, spec §3).
     """
 
-    def __init__(self, model_cfg: dict, num_fg: int):
+    def __init__(self, model_cfg: dict, num_fg: int, embed_dim: int = 0):
         super().__init__()
         self.backbone = build_backbone(model_cfg)
         f = self.backbone.out_channels
@@ -35,6 +37,9 @@ class SingleStageNet(nn.Module):
             nn.Dropout2d(float(model_cfg.get("seg_dropout", 0.1))),
             nn.Conv2d(hidden, num_fg + 1, 1),
         )
+        # Outside the model config, so the shared classification checkpoint (keyed on it) serves
+        # runs with and without the head; the head is new and not in that checkpoint.
+        self.embed_head = nn.Conv2d(hidden, embed_dim, 1) if embed_dim > 0 else None
         self.stride = self.backbone.stride
         # NHWC ("channels last") runs the depthwise and 1x1 convolutions about 1.5x faster on
         # CPU (measured on Lite0) and suits tensor cores on GPU; results are the same.
@@ -47,12 +52,16 @@ class SingleStageNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(x)
         cam_raw = self.classifier(feats)
-        return {
+        hidden = self.seg_head[:3](feats)  # conv, BN, ReLU: the segmentation features
+        out = {
             "features": feats,
             "cam_raw": cam_raw,
             "logits": cam_raw.mean(dim=(2, 3)),
-            "seg": self.seg_head(feats),
+            "seg": self.seg_head[3:](hidden),
         }
+        if self.embed_head is not None:
+            out["embed"] = self.embed_head(hidden)
+        return out
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, new-layer parameters): RRM trains new layers at 10x lr (§4)."""

@@ -28,11 +28,13 @@ from trainables.cam import background_score, multiscale_cams
 from trainables.config import merge
 from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augment_batch, to_tensor_batch
 from trainables.datasets import load_dataset
+from trainables.decoupling import decoupled_weights, weighted_balanced_ce_loss
 from trainables.dense_energy import dense_energy_loss
 from trainables.metrics import CamThresholdSweep, confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
 from trainables.model import SingleStageNet, frozen_bn_stats
 from trainables.pretrain import classification_pretrain
 from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
+from trainables.reassign import label_reassign_loss
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
@@ -75,7 +77,11 @@ DEFAULTS: dict = {
     "pseudo": {**{f.name: f.default for f in fields(PseudoLabelConfig)}, "workers": "auto", "overlap": True},
     "loss": {
         "cls": {"enabled": True, "weight": 1.0},
-        "ce": {"enabled": True, "weight": 1.0},
+        # ``decouple``: LDF-style label decoupling (trainables/decoupling.py, a project design):
+        # each reliable pixel weighted by its class region's body/detail maps, normalised to mean 1
+        # per class, so interior and boundary pixels are balanced as the two weights say.
+        "ce": {"enabled": True, "weight": 1.0, "decouple": False, "body_weight": 1.0, "detail_weight": 2.0,
+               "decouple_background": True},
         # Gated dense energy (spec §3, trainables/dense_energy.py). The value is RRM's raw sum
         # per image, so the weight depends on the crop: RRM uses 1e-7 at crop 321 (about 5.5e-8
         # on this project's exact-kernel scale); a 64 px crop has ~650x fewer pixel pairs.
@@ -84,6 +90,13 @@ DEFAULTS: dict = {
         # Adaptive affinity (spec §3, trainables/affinity.py); confidence: crf | cam | pred.
         "affinity": {"enabled": False, "weight": 0.1, "distance": 4, "margin": 3.0, "diff_weight": 2.0,
                      "confidence": "crf"},
+        # Label reassign (this project's design of AALR's loss, trainables/reassign.py): an
+        # embedding head, per-image prototypes from reliable pixels; after ``warmup`` (fraction of
+        # training) a pixel nearer another present class's prototype by more than ``tau`` (or
+        # predicted as another present class with probability > ``pred_confidence``; above 1
+        # turns that rule off) is relabelled, for every segmentation term of the step.
+        "reassign": {"enabled": False, "weight": 0.1, "tau": 0.2, "warmup": 0.3, "pred_confidence": 0.95,
+                     "temperature": 0.1, "embed_dim": 32},
     },
     # Inference (spec §4): single scale, seg head argmax; ``crf`` adds the optional test-time
     # dense CRF with the spec's settings (then val/miou is the refined prediction's and
@@ -109,9 +122,19 @@ class StepContext:
     pseudo_confidence: torch.Tensor  # (B, H, W) CRF marginal of each reliable label, 0 elsewhere
     progress: float  # fraction of training done, in [0, 1)
     config: dict
+    reassign_loss: torch.Tensor | None = None  # set by _reassign before the terms run
 
 
 LossTerm = Callable[[StepContext], torch.Tensor]
+
+def _ce_term(ctx: StepContext) -> torch.Tensor:
+    c = ctx.config["loss"]["ce"]
+    if not c["decouple"]:
+        return losses.balanced_ce_loss(ctx.seg_logits, ctx.pseudo)
+    weight = decoupled_weights(ctx.pseudo, float(c["body_weight"]), float(c["detail_weight"]),
+                               include_background=bool(c["decouple_background"]))
+    return weighted_balanced_ce_loss(ctx.seg_logits, ctx.pseudo, weight)
+
 
 def _dense_term(ctx: StepContext) -> torch.Tensor:
     c = ctx.config["loss"]["dense"]
@@ -137,14 +160,26 @@ def _affinity_term(ctx: StepContext) -> torch.Tensor:
                          diff_weight=float(c["diff_weight"]))
 
 
+def _reassign(ctx: StepContext, relabel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_lr and the labels the step's segmentation terms use: (loss, labels, changed mask)."""
+    c = ctx.config["loss"]["reassign"]
+    embed = F.interpolate(ctx.out["embed"], size=ctx.seg_logits.shape[-2:], mode="bilinear", align_corners=False)
+    labels = ctx.batch.labels.to(embed.device)
+    present = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1)
+    probs = torch.softmax(ctx.seg_logits.detach(), dim=1)
+    return label_reassign_loss(embed, ctx.pseudo, present, probs, tau=float(c["tau"]), reassign=relabel,
+                               pred_confidence=float(c["pred_confidence"]), temperature=float(c["temperature"]))
+
+
 LOSS_TERMS: dict[str, LossTerm] = {
     "cls": lambda ctx: losses.classification_loss(ctx.out["logits"], ctx.batch.labels.to(ctx.out["logits"].device)),
-    "ce": lambda ctx: losses.balanced_ce_loss(ctx.seg_logits, ctx.pseudo),
+    "ce": _ce_term,
     "dense": _dense_term,
     "affinity": _affinity_term,
+    "reassign": lambda ctx: ctx.reassign_loss,
 }
 # Terms that supervise the segmentation branch are held back during the warm-up.
-SEGMENTATION_TERMS = {"ce", "dense", "affinity"}
+SEGMENTATION_TERMS = {"ce", "dense", "affinity", "reassign"}
 
 
 class Reporter:
@@ -201,6 +236,14 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _reassign_quality(before: torch.Tensor, after: torch.Tensor, changed: torch.Tensor,
+                      gt: torch.Tensor) -> np.ndarray:
+    """[reliable pixels, relabelled pixels, relabelled right before, relabelled right after]."""
+    gt = gt.to(before.device)
+    return np.array([int((before != IGNORE_INDEX).sum()), int(changed.sum()),
+                     int((changed & (before == gt)).sum()), int((changed & (after == gt)).sum())])
 
 
 def _trial_cpus() -> int:
@@ -325,18 +368,23 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
     rng = np.random.default_rng(int(t["seed"]))
 
     ds = load_dataset(cfg["data"])
-    model = SingleStageNet(cfg["model"], ds.num_fg).to(device)
-    optimizer = build_optimizer(model, cfg)
-    pl_cfg = PseudoLabelConfig.from_mapping(cfg["pseudo"])
     enabled = {k: v for k, v in cfg["loss"].items() if v.get("enabled", True) and float(v.get("weight", 1.0)) != 0.0}
     unknown = set(enabled) - set(LOSS_TERMS)
     if unknown:
         raise ValueError(f"loss.{sorted(unknown)[0]}: no such loss term; known: {sorted(LOSS_TERMS)}")
+    reassign_on = "reassign" in enabled
+    embed_dim = int(cfg["loss"]["reassign"]["embed_dim"]) if reassign_on else 0
+    model = SingleStageNet(cfg["model"], ds.num_fg, embed_dim=embed_dim).to(device)
+    optimizer = build_optimizer(model, cfg)
+    pl_cfg = PseudoLabelConfig.from_mapping(cfg["pseudo"])
 
     start_epoch = 0
     state = reporter.restore()
     if state is None and cfg["pretrain"]["enabled"]:
-        model.load_state_dict(classification_pretrain(cfg, ds, device))
+        missing, unexpected = model.load_state_dict(classification_pretrain(cfg, ds, device), strict=False)
+        if unexpected or any(not k.startswith("embed_head.") for k in missing):
+            raise RuntimeError(f"classification checkpoint does not fit the model: missing {missing}, "
+                               f"unexpected {unexpected}")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -370,6 +418,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             counts = np.zeros(3, dtype=np.int64)
+            reassigned = np.zeros(4, dtype=np.int64)  # reliable, changed, right before, right after
             order = rng.permutation(n)
             seg_on = epoch >= int(t["seg_warmup_epochs"])
 
@@ -407,9 +456,14 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                 else:
                     pseudo = torch.full((len(x), *size), IGNORE_INDEX, dtype=torch.long, device=device)
                     pseudo_conf = torch.zeros((len(x), *size), device=device)
-                if batch.gt is not None and seg_on:
-                    counts += pseudo_label_quality(pseudo.cpu(), batch.gt)
                 ctx = StepContext(batch, out, cams.detach(), seg_logits, pseudo, pseudo_conf, progress, cfg)
+                if reassign_on and seg_on:
+                    relabel = weak and progress >= float(cfg["loss"]["reassign"]["warmup"])
+                    ctx.reassign_loss, ctx.pseudo, changed = _reassign(ctx, relabel)
+                    if relabel and batch.gt is not None:
+                        reassigned += _reassign_quality(pseudo.cpu(), ctx.pseudo.cpu(), changed.cpu(), batch.gt)
+                if batch.gt is not None and seg_on:
+                    counts += pseudo_label_quality(ctx.pseudo.cpu(), batch.gt)
                 loss = x.new_zeros(())
                 for name, term_cfg in enabled.items():
                     if name in SEGMENTATION_TERMS and not seg_on:
@@ -433,6 +487,11 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
             if counts[0] > 0 or counts[2] > 0:
                 metrics["train/pseudo/precision"] = counts[1] / max(counts[0], 1)
                 metrics["train/pseudo/coverage"] = counts[0] / max(counts[2], 1)
+            if reassigned[0] > 0:
+                metrics["train/reassign/changed"] = reassigned[1] / reassigned[0]
+                if reassigned[1] > 0:  # of the relabelled pixels: right before, right after
+                    metrics["train/reassign/precision_before"] = reassigned[2] / reassigned[1]
+                    metrics["train/reassign/precision_after"] = reassigned[3] / reassigned[1]
             metrics["train/images_per_s"] = steps_per_epoch * bs / elapsed
             metrics["time/epoch_s"] = elapsed
             last = epoch + 1 == epochs
