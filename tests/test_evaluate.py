@@ -76,3 +76,40 @@ def test_test_time_crf_snaps_blurry_predictions_to_image_edges():
     assert refined["val/miou"] > raw["val/miou"] + 0.05
     assert refined["val/miou"] > 0.95
     assert refined["val/cam_miou"] == pytest.approx(raw["val/cam_miou"])  # CAMs are never CRF'd
+
+
+def test_segment_probs_averages_scales_and_mirrors():
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.single_stage import segment_probs
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 12)
+    weight = torch.randn(4, 3, 1, 3)  # a 1x3 kernel: not mirror-symmetric, so flips matter
+
+    def model(z):
+        return {"seg": F.conv2d(z, weight, padding=(0, 1))}
+
+    def probs(z):
+        return torch.softmax(F.interpolate(model(z)["seg"], size=(8, 12), mode="bilinear", align_corners=False), 1)
+
+    torch.testing.assert_close(segment_probs(model, x), probs(x))
+    mirrored = probs(x.flip(-1)).flip(-1)
+    assert not torch.allclose(mirrored, probs(x), atol=1e-3)
+    torch.testing.assert_close(segment_probs(model, x, flip=True), (probs(x) + mirrored) / 2)
+    half = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(segment_probs(model, x, scales=[1.0, 0.5]), (probs(x) + probs(half)) / 2)
+    both = segment_probs(model, x, scales=[1.0, 0.5], flip=True)
+    torch.testing.assert_close(both.sum(1), torch.ones(2, 8, 12))
+
+
+def test_evaluate_uses_the_flip_passes():
+    # The oracle ignores its input, so its mirrored pass is wrong for the off-centre square: the
+    # averaged prediction must lose IoU on it, which shows the flip passes reach the metric.
+    ds = _dataset()
+    model = CoarseOracle(ds.val.masks, ds.num_classes)
+    raw = evaluate(model, ds, _cfg(), torch.device("cpu"))
+    flipped = evaluate(model, ds, _cfg(flip=True), torch.device("cpu"))
+    assert flipped["val/iou/square"] < raw["val/iou/square"] - 0.05
+    assert flipped["val/iou/disc"] == pytest.approx(raw["val/iou/disc"], abs=0.02)  # centred disc

@@ -101,7 +101,9 @@ DEFAULTS: dict = {
     # Inference (spec §4): single scale, seg head argmax; ``crf`` adds the optional test-time
     # dense CRF with the spec's settings (then val/miou is the refined prediction's and
     # val/miou_nocrf the raw one's).
-    "eval": {"batch_size": 32, "every": 1, "crf": False, **{f.name: f.default for f in fields(CrfSettings)}},
+    # ``scales`` / ``flip``: multi-scale + flip inference, the softmax averaged over every pass.
+    "eval": {"batch_size": 32, "every": 1, "crf": False, "scales": [1.0], "flip": False,
+             **{f.name: f.default for f in fields(CrfSettings)}},
 }
 
 
@@ -290,6 +292,26 @@ def build_optimizer(model: SingleStageNet, cfg: dict) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
+def segment_probs(model: SingleStageNet, x: torch.Tensor, scales: list[float] = (1.0,), flip: bool = False,
+                  seg_at_1: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C+1, H, W) class probabilities at the input size: the seg head's softmax, averaged
+    over input ``scales`` and, with ``flip``, their horizontal mirrors (multi-scale + flip
+    inference, spec §4). ``seg_at_1`` reuses logits already computed at scale 1."""
+    size = tuple(x.shape[-2:])
+    total = None
+    for s in scales:
+        xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        passes = [(xs, False)] + ([(xs.flip(-1), True)] if flip else [])
+        for inp, mirrored in passes:
+            seg = seg_at_1 if (s == 1 and not mirrored and seg_at_1 is not None) else model(inp)["seg"]
+            seg = F.interpolate(seg, size=size, mode="bilinear", align_corners=False)
+            p = torch.softmax(seg.float(), dim=1)
+            p = p.flip(-1) if mirrored else p
+            total = p if total is None else total + p
+    return total / (len(scales) * (2 if flip else 1))
+
+
+@torch.no_grad()
 def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device) -> dict:
     """Segmentation mIoU on val (seg head argmax at full resolution, optionally refined by a
     test-time dense CRF) and CAM mIoU at the best background threshold. Images of different
@@ -297,6 +319,7 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
     model.eval()
     split = ds.val
     crf = CrfSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
+    scales, flip = [float(v) for v in cfg["eval"]["scales"]], bool(cfg["eval"]["flip"])
     conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
     conf_raw = np.zeros_like(conf)
     sweep = CamThresholdSweep(ds.num_classes)
@@ -311,12 +334,12 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
             labels = torch.from_numpy(split.labels[chunk]).to(device)
             gt = torch.from_numpy(np.stack([split.masks[i] for i in chunk])).to(device)
             out = model(x)
-            seg = F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)
-            pred = seg.argmax(1)
+            probs = segment_probs(model, x, scales, flip, out["seg"])
+            pred = probs.argmax(1)
             if crf is not None:
                 conf_raw += confusion_matrix(pred, gt, ds.num_classes)
-                probs = torch.softmax(seg.float(), dim=1).cpu().numpy()
-                pred = torch.from_numpy(np.stack([dense_crf(split.images[i], probs[j], crf).argmax(0)
+                probs_np = probs.float().cpu().numpy()
+                pred = torch.from_numpy(np.stack([dense_crf(split.images[i], probs_np[j], crf).argmax(0)
                                                   for j, i in enumerate(chunk)])).to(device)
             conf += confusion_matrix(pred, gt, ds.num_classes)
             cams = multiscale_cams(lambda z: model(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
