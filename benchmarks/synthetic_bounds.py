@@ -13,42 +13,25 @@ Uses the fixed settings and data of the given search space, so the numbers match
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from study.space import load_spec
-from trainables.single_stage import train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_config_args, base_config  # noqa: E402
+
+from trainables.single_stage import train  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--space", default="search_spaces/aal.yaml")
-    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    p.add_argument("--study", default=None, help="take the searched settings of this study's best trial")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    add_config_args(p)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    spec = load_spec(args.space)
-    base = spec.trainable_config()
-    if args.study:
-        import pandas as pd
-
-        trials = pd.read_parquet(Path(args.study) / "trials.parquet")
-        best = trials.loc[trials["score"].idxmax() if spec.mode == "max" else trials["score"].idxmin()]
-        params = {k[len("param."):]: (v.item() if hasattr(v, "item") else v)
-                  for k, v in best.items() if k.startswith("param.") and pd.notna(v)}
-        print(f"best trial {best['trial_id']} of {args.study}: "
-              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
-        base = {**base, **params}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        base = {**base, key: yaml.safe_load(value)}
-    if args.epochs:
-        base = {**base, "train.epochs": args.epochs}
+    base = base_config(args)
     rows = []
     for label, extra in [
         ("weak: reliable pseudo labels" + (" (best trial)" if args.study else " (default cutoffs)"),

@@ -421,6 +421,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
     total_steps = epochs * steps_per_epoch
     history = list(getattr(reporter, "history", []))
     weak = t["supervision"] != "full"
+    needs_labels = weak and bool(set(enabled) & SEGMENTATION_TERMS)  # CAM-only runs skip the CRFs
     labeler = PseudoLabeler(pl_cfg, pseudo_workers(cfg["pseudo"]["workers"], device) if weak else 0)
     overlap = labeler.workers > 0 and bool(cfg["pseudo"]["overlap"])
     scales = cfg["cam"]["scales"]
@@ -450,7 +451,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                                      (float(t["scale_min"]), float(t["scale_max"])), bool(t["flip"]), rng)
 
             batch = next_batch(0)
-            pending = label_ahead(batch) if overlap and weak and seg_on else None
+            pending = label_ahead(batch) if overlap and needs_labels and seg_on else None
             for step in range(steps_per_epoch):
                 progress = (epoch * steps_per_epoch + step) / total_steps
                 for g in optimizer.param_groups:
@@ -470,7 +471,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                     pseudo = batch.gt.to(device)
                     pseudo[~batch.valid.to(device)] = IGNORE_INDEX
                     pseudo_conf = (pseudo != IGNORE_INDEX).float()
-                elif seg_on:
+                elif seg_on and needs_labels:
                     if pending is None:  # serial: CRFs of this step's own CAMs (in the pool, if any)
                         pending = labeler.submit(batch.rgb, cams, labels, batch.valid, return_confidence=True)
                     waited = time.perf_counter()

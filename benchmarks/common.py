@@ -1,0 +1,40 @@
+"""What the benchmarks share: a trainable config from a search space's fixed settings, optionally
+a study's best searched settings (``--study``), and single overrides (``--set KEY=VALUE``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from study.space import load_spec
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="search_spaces/aal.yaml")
+    p.add_argument("--study", default=None, help="take the searched settings of this study's best trial")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+
+
+def base_config(args: argparse.Namespace) -> dict:
+    """The trainable config the arguments describe (dotted keys over the space's fixed part)."""
+    spec = load_spec(args.space)
+    base = spec.trainable_config()
+    if args.study:
+        import pandas as pd
+
+        trials = pd.read_parquet(Path(args.study) / "trials.parquet")
+        best = trials.loc[trials["score"].idxmax() if spec.mode == "max" else trials["score"].idxmin()]
+        params = {k[len("param."):]: (v.item() if hasattr(v, "item") else v)
+                  for k, v in best.items() if k.startswith("param.") and pd.notna(v)}
+        print(f"best trial {best['trial_id']} of {args.study}: "
+              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
+        base = {**base, **params}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        base = {**base, key: yaml.safe_load(value)}
+    if args.epochs:
+        base = {**base, "train.epochs": args.epochs}
+    return base
