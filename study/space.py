@@ -242,6 +242,9 @@ def _check_value_type(path, key: str, value: Any, default: Any) -> None:
             raise SpaceError(path, key, value, "must be a finite number")
         if isinstance(default, int) and not isinstance(default, bool) and int(value) != value:
             raise SpaceError(path, key, value, "must be an integer")
+    elif default == "auto":  # e.g. pseudo.workers: "auto" or a count
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise SpaceError(path, key, value, "must be 'auto' or a whole number >= 0")
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise SpaceError(path, key, value, "must be a string")

@@ -71,6 +71,8 @@ ERROR_CASES = {
     "fixed_value_type": (mutate(lambda d: d["fixed"]["train"].update(epochs="many")), "fixed.train.epochs"),
     "fixed_not_integer": (mutate(lambda d: d["fixed"]["train"].update(epochs=2.5)), "fixed.train.epochs"),
     "fixed_bool_type": (mutate(lambda d: d["fixed"]["train"].update(flip="yes please")), "fixed.train.flip"),
+    "fixed_workers_negative": (mutate(lambda d: d["fixed"].update(pseudo={"workers": -2})), "fixed.pseudo.workers"),
+    "fixed_workers_word": (mutate(lambda d: d["fixed"].update(pseudo={"workers": "many"})), "fixed.pseudo.workers"),
     "fixed_section_as_value": (mutate(lambda d: d["fixed"].update(train=3)), "fixed.train"),
     "unknown_search_key": (
         mutate(lambda d: d["search"].update({"train.lrr": {"type": "uniform", "low": 0.1, "high": 0.2}})),
@@ -126,6 +128,13 @@ def test_base_document_is_valid(tmp_path):
     assert spec.name == "tiny" and spec.epochs == 4 and spec.samples == 2
     assert [p.name for p in spec.params] == ["train.lr", "pseudo.crf", "pseudo.crf_iterations"]
     assert spec.params[2].when == (("pseudo.crf", (True,)),)
+
+
+def test_workers_take_auto_or_a_count(tmp_path):
+    for value in ("auto", 0, 6):
+        doc = mutate(lambda d: d["fixed"].update(pseudo={"workers": value}))
+        spec = load_spec(write_space(tmp_path, f"w{value}", doc))
+        assert spec.trainable_config()["pseudo"]["workers"] == value
 
 
 def test_smoke_space_loads():
@@ -403,3 +412,20 @@ def test_empty_budget_section_accepts_overrides(tmp_path):
     path = write_space(tmp_path, "empty_budget", content)
     assert load_spec(path, num_samples=3).samples == 3
     assert load_spec(path, ["budget.samples=5"]).samples == 5
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_space_loads(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem and spec.params
+
+
+def test_rrm_is_aal_without_the_aalr_losses():
+    aal, rrm = load_spec(ROOT / "search_spaces" / "aal.yaml"), load_spec(ROOT / "search_spaces" / "rrm.yaml")
+    a, r = aal.trainable_config(), rrm.trainable_config()
+    assert a["loss"]["affinity"]["enabled"] and a["loss"]["reassign"]["enabled"] and a["loss"]["dense"]["enabled"]
+    assert r["loss"]["dense"]["enabled"]
+    assert not r["loss"]["affinity"]["enabled"] and not r["loss"]["reassign"]["enabled"]
+    names = {p.name for p in aal.params if not p.name.startswith(("loss.affinity.", "loss.reassign."))}
+    assert names == {p.name for p in rrm.params}
+    assert (a["model"], a["train"], aal.data) == (r["model"], r["train"], rrm.data)
