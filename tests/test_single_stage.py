@@ -110,3 +110,27 @@ def test_decoupled_ce_changes_the_ce_value_but_not_with_equal_weights():
     boundary = train({**TINY, "loss.ce.decouple": True, "loss.ce.body_weight": 0.2, "loss.ce.detail_weight": 3.0})
     assert equal[-1]["train/loss/ce"] == pytest.approx(plain, rel=1e-5)
     assert boundary[-1]["train/loss/ce"] != pytest.approx(plain, rel=1e-3)
+
+
+def test_bf16_autocast_trains_with_float32_losses():
+    hist = train({**TINY, "train.autocast": "bf16", "loss.reassign.enabled": True, "loss.dense.enabled": True})
+    assert math.isfinite(hist[-1]["train/loss/total"]) and 0.0 <= hist[-1]["val/miou"] <= 1.0
+    with pytest.raises(ValueError, match="train.autocast='fp8'"):
+        train({**TINY, "train.autocast": "fp8"})
+
+
+def test_float32net_runs_the_network_in_bf16_and_returns_float32():
+    import torch
+
+    from trainables.model import SingleStageNet
+    from trainables.single_stage import Float32Net
+
+    torch.manual_seed(0)
+    model = SingleStageNet({"backbone": "small_cnn", "width": 8, "seg_hidden": 8}, 3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)["seg"]
+    got = Float32Net(model, "bf16", torch.device("cpu"))(x)["seg"]
+    assert got.dtype == torch.float32
+    assert not torch.equal(got, ref)  # bfloat16 rounding happened
+    torch.testing.assert_close(got, ref, atol=0.1, rtol=0.05)
+    assert torch.equal(Float32Net(model, "off", torch.device("cpu"))(x)["seg"], ref)

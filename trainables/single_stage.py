@@ -66,6 +66,9 @@ DEFAULTS: dict = {
         "num_threads": 0,
         "device": "auto",
         "checkpoint_every": 1,
+        # "bf16": network passes under torch.autocast in bfloat16 (GPU tensor cores; CPUs with
+        # AMX); outputs are cast back to float32, so every loss and metric runs in float32.
+        "autocast": "off",
     },
     # Classification pretraining shared by all trials (trainables/pretrain.py).
     "pretrain": {"enabled": True, "epochs": 20, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-5},
@@ -272,6 +275,23 @@ def pseudo_workers(value, device: torch.device) -> int:
     return n
 
 
+class Float32Net:
+    """Calls ``model`` under bfloat16 autocast when ``autocast == "bf16"`` and returns its outputs
+    as float32; otherwise calls it as it is."""
+
+    def __init__(self, model: SingleStageNet, autocast: str, device: torch.device):
+        if autocast not in ("off", "bf16"):
+            raise ValueError(f"train.autocast={autocast!r}: choose off or bf16")
+        self.model, self.enabled, self.device_type = model, autocast == "bf16", device.type
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.enabled:
+            return self.model(x)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.model(x)
+        return {k: v.float() for k, v in out.items()}
+
+
 def _poly_lr(base: float, progress: float, power: float) -> float:
     return base * (1.0 - progress) ** power
 
@@ -317,6 +337,7 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
     test-time dense CRF) and CAM mIoU at the best background threshold. Images of different
     sizes are evaluated one size group at a time."""
     model.eval()
+    net = Float32Net(model, str(cfg["train"]["autocast"]), device)
     split = ds.val
     crf = CrfSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
     scales, flip = [float(v) for v in cfg["eval"]["scales"]], bool(cfg["eval"]["flip"])
@@ -333,8 +354,8 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
             x = to_tensor_batch([split.images[i] for i in chunk]).to(device)
             labels = torch.from_numpy(split.labels[chunk]).to(device)
             gt = torch.from_numpy(np.stack([split.masks[i] for i in chunk])).to(device)
-            out = model(x)
-            probs = segment_probs(model, x, scales, flip, out["seg"])
+            out = net(x)
+            probs = segment_probs(net, x, scales, flip, out["seg"])
             pred = probs.argmax(1)
             if crf is not None:
                 conf_raw += confusion_matrix(pred, gt, ds.num_classes)
@@ -342,7 +363,7 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
                 pred = torch.from_numpy(np.stack([dense_crf(split.images[i], probs_np[j], crf).argmax(0)
                                                   for j, i in enumerate(chunk)])).to(device)
             conf += confusion_matrix(pred, gt, ds.num_classes)
-            cams = multiscale_cams(lambda z: model(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
+            cams = multiscale_cams(lambda z: net(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
             sweep.update(cams, gt)
     model.train()
     cam_miou, cam_t, _ = sweep.best()
@@ -426,8 +447,10 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
     overlap = labeler.workers > 0 and bool(cfg["pseudo"]["overlap"])
     scales = cfg["cam"]["scales"]
 
+    net = Float32Net(model, str(t["autocast"]), device)
+
     def cam_fn(z: torch.Tensor) -> torch.Tensor:
-        return model(z)["cam_raw"]
+        return net(z)["cam_raw"]
 
     def label_ahead(b: TrainBatch):
         """Start the CRFs of a batch from no-grad CAMs of the current weights (overlap mode)."""
@@ -461,7 +484,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                 upcoming = next_batch(step + 1) if step + 1 < steps_per_epoch else None
                 upcoming_pending = label_ahead(upcoming) if upcoming is not None and pending is not None else None
                 x = batch.image.to(device)
-                out = model(x)
+                out = net(x)
                 labels = batch.labels.to(device)
                 size = tuple(x.shape[-2:])
                 with frozen_bn_stats(model):
