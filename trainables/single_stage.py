@@ -243,6 +243,36 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _total_loss(ctx: StepContext, enabled: dict, seg_on: bool, sums: dict[str, float]) -> torch.Tensor:
+    """sum_k w_k L_k over the enabled terms (segmentation terms only once ``seg_on``); each
+    term's value is added to ``sums`` under train/loss/<name>."""
+    loss = ctx.seg_logits.new_zeros(())
+    for name, term_cfg in enabled.items():
+        if name in SEGMENTATION_TERMS and not seg_on:
+            continue
+        value = LOSS_TERMS[name](ctx)
+        loss = loss + float(term_cfg.get("weight", 1.0)) * value
+        sums[f"train/loss/{name}"] = sums.get(f"train/loss/{name}", 0.0) + float(value.detach())
+    return loss
+
+
+def _epoch_metrics(sums: dict[str, float], steps: int, counts: np.ndarray, reassigned: np.ndarray) -> dict:
+    """An epoch's training metrics: mean losses per step, time waited for pseudo labels, pseudo
+    label precision/coverage and, with the reassign loss, what the relabelling did."""
+    metrics = {k: v / steps for k, v in sums.items() if not k.startswith("time/")}
+    if "time/pseudo_wait_s" in sums:  # time the steps waited for their pseudo labels, per epoch
+        metrics["time/pseudo_wait_s"] = sums["time/pseudo_wait_s"]
+    if counts[0] > 0 or counts[2] > 0:
+        metrics["train/pseudo/precision"] = counts[1] / max(counts[0], 1)
+        metrics["train/pseudo/coverage"] = counts[0] / max(counts[2], 1)
+    if reassigned[0] > 0:
+        metrics["train/reassign/changed"] = reassigned[1] / reassigned[0]
+        if reassigned[1] > 0:  # of the relabelled pixels: right before, right after
+            metrics["train/reassign/precision_before"] = reassigned[2] / reassigned[1]
+            metrics["train/reassign/precision_after"] = reassigned[3] / reassigned[1]
+    return metrics
+
+
 def _reassign_quality(before: torch.Tensor, after: torch.Tensor, changed: torch.Tensor,
                       gt: torch.Tensor) -> np.ndarray:
     """[reliable pixels, relabelled pixels, relabelled right before, relabelled right after]."""
@@ -511,13 +541,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                         reassigned += _reassign_quality(pseudo.cpu(), ctx.pseudo.cpu(), changed.cpu(), batch.gt)
                 if batch.gt is not None and seg_on:
                     counts += pseudo_label_quality(ctx.pseudo.cpu(), batch.gt)
-                loss = x.new_zeros(())
-                for name, term_cfg in enabled.items():
-                    if name in SEGMENTATION_TERMS and not seg_on:
-                        continue
-                    value = LOSS_TERMS[name](ctx)
-                    loss = loss + float(term_cfg.get("weight", 1.0)) * value
-                    sums[f"train/loss/{name}"] = sums.get(f"train/loss/{name}", 0.0) + float(value.detach())
+                loss = _total_loss(ctx, enabled, seg_on, sums)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
                                              + ", ".join(f"{k}={v / (step + 1):.4g}" for k, v in sums.items()))
@@ -527,18 +551,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                 sums["train/loss/total"] = sums.get("train/loss/total", 0.0) + float(loss.detach())
                 batch, pending = upcoming, upcoming_pending
             elapsed = time.perf_counter() - t0
-            metrics: dict = {"epoch": epoch + 1}
-            metrics.update({k: v / steps_per_epoch for k, v in sums.items() if not k.startswith("time/")})
-            if "time/pseudo_wait_s" in sums:  # time the step waited for its pseudo labels, per epoch
-                metrics["time/pseudo_wait_s"] = sums["time/pseudo_wait_s"]
-            if counts[0] > 0 or counts[2] > 0:
-                metrics["train/pseudo/precision"] = counts[1] / max(counts[0], 1)
-                metrics["train/pseudo/coverage"] = counts[0] / max(counts[2], 1)
-            if reassigned[0] > 0:
-                metrics["train/reassign/changed"] = reassigned[1] / reassigned[0]
-                if reassigned[1] > 0:  # of the relabelled pixels: right before, right after
-                    metrics["train/reassign/precision_before"] = reassigned[2] / reassigned[1]
-                    metrics["train/reassign/precision_after"] = reassigned[3] / reassigned[1]
+            metrics = {"epoch": epoch + 1, **_epoch_metrics(sums, steps_per_epoch, counts, reassigned)}
             metrics["train/images_per_s"] = steps_per_epoch * bs / elapsed
             metrics["time/epoch_s"] = elapsed
             last = epoch + 1 == epochs
