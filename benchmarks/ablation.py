@@ -40,6 +40,15 @@ ROWS = [
     ("reassign", "+ label reassign", REASSIGN, "val/miou"),
     ("decouple", "+ label decoupling", DECOUPLE, "val/miou"),
 ]
+# Diagnostics of the reassign row, run only when named in --only: the contrastive embedding loss
+# without any relabelling (warm-up never ends), and relabelling by the embedding rule alone with a
+# wider margin (the prediction rule off).
+DIAGNOSTICS = [
+    ("reassign_loss_only", "+ reassign loss, no relabelling", {**AFFINITY, "loss.reassign.enabled": True,
+                                                               "loss.reassign.warmup": 1.0}, "val/miou"),
+    ("reassign_embed_only", "+ reassign, embedding rule only, tau 0.4",
+     {**REASSIGN, "loss.reassign.tau": 0.4, "loss.reassign.pred_confidence": 1.01}, "val/miou"),
+]
 EXTRA = ("train/pseudo/precision", "train/pseudo/coverage", "train/reassign/changed",
          "train/reassign/precision_before", "train/reassign/precision_after")
 
@@ -77,11 +86,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--only", nargs="+", default=None, help=f"row keys: {[r[0] for r in ROWS]}")
+    p.add_argument("--only", nargs="+", default=None, help=f"row keys: {[r[0] for r in ROWS + DIAGNOSTICS]}")
     p.add_argument("--out", default=None, help="write every run's final metrics to this JSON file")
     args = p.parse_args()
     base = base_config(args)
-    rows = [r for r in ROWS if args.only is None or r[0] in args.only]
+    rows = [r for r in ROWS + DIAGNOSTICS if (r in ROWS and args.only is None) or (args.only and r[0] in args.only)]
     ctx = mp.get_context("spawn")
     t_start = time.perf_counter()
     results: dict[tuple[str, int], dict] = {}

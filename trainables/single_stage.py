@@ -539,7 +539,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                     ctx.reassign_loss, ctx.pseudo, changed = _reassign(ctx, relabel)
                     if relabel and batch.gt is not None:
                         reassigned += _reassign_quality(pseudo.cpu(), ctx.pseudo.cpu(), changed.cpu(), batch.gt)
-                if batch.gt is not None and seg_on:
+                if batch.gt is not None and seg_on and needs_labels:
                     counts += pseudo_label_quality(ctx.pseudo.cpu(), batch.gt)
                 loss = _total_loss(ctx, enabled, seg_on, sums)
                 if not torch.isfinite(loss):
