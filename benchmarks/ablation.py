@@ -27,14 +27,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_config_args, base_config  # noqa: E402
 
-RRM = {"loss.dense.enabled": True}
+# Every switch is set in every row, whatever the space's fixed settings say (aal.yaml turns the
+# AALR losses on).
+NONE = {"loss.ce.enabled": True, "loss.ce.decouple": False, "loss.dense.enabled": False,
+        "loss.affinity.enabled": False, "loss.reassign.enabled": False}
+RRM = {**NONE, "loss.dense.enabled": True}
 AFFINITY = {**RRM, "loss.affinity.enabled": True}
 REASSIGN = {**AFFINITY, "loss.reassign.enabled": True}
 DECOUPLE = {**REASSIGN, "loss.ce.decouple": True}
 # (key, label, overrides, metric)
 ROWS = [
-    ("cam", "CAM only", {"loss.ce.enabled": False}, "val/cam_miou"),
-    ("ce", "reliable CE", {}, "val/miou"),
+    ("cam", "CAM only", {**NONE, "loss.ce.enabled": False}, "val/cam_miou"),
+    ("ce", "reliable CE", NONE, "val/miou"),
     ("rrm", "RRM: reliable CE + dense energy", RRM, "val/miou"),
     ("affinity", "+ adaptive affinity", AFFINITY, "val/miou"),
     ("reassign", "+ label reassign", REASSIGN, "val/miou"),

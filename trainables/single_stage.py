@@ -525,9 +525,9 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                     pseudo[~batch.valid.to(device)] = IGNORE_INDEX
                     pseudo_conf = (pseudo != IGNORE_INDEX).float()
                 elif seg_on and needs_labels:
+                    waited = time.perf_counter()  # the step's time spent on, or waiting for, labels
                     if pending is None:  # serial: CRFs of this step's own CAMs (in the pool, if any)
                         pending = labeler.submit(batch.rgb, cams, labels, batch.valid, return_confidence=True)
-                    waited = time.perf_counter()
                     pseudo, pseudo_conf = pending.result(device)
                     sums["time/pseudo_wait_s"] = sums.get("time/pseudo_wait_s", 0.0) + time.perf_counter() - waited
                 else:
