@@ -17,38 +17,10 @@ import torch
 from trainables.data import IGNORE_INDEX
 
 
-def _from_mapping(cls, values: dict):
-    """The dataclass built from the entries of a config section that are its fields (others,
-    such as the trainer's ``pseudo.workers`` or ``eval.crf``, are left out)."""
-    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-
-@dataclass(frozen=True)
-class PseudoLabelConfig:
-    """The CAM pruning cutoffs a study searches (RRM defaults)."""
-
-    alpha_low: float = 4.0
-    alpha_high: float = 32.0
-    crf_confidence: float = 0.8
-    cam_floor: float = 0.1
-    fg_percentile: float = 0.6
-    bg_cutoff: float = 0.8
-    crf: bool = True
-    # §2 step 1: Gaussian sxy=3 compat=3, bilateral sxy=80 srgb=13 compat=10, 10 iterations.
-    crf_gauss_sxy: float = 3.0
-    crf_gauss_compat: float = 3.0
-    crf_bilateral_sxy: float = 80.0
-    crf_bilateral_srgb: float = 13.0
-    crf_bilateral_compat: float = 10.0
-    crf_iterations: int = 10
-
-    from_mapping = classmethod(_from_mapping)
-
-
 @dataclass(frozen=True)
 class CrfSettings:
-    """Dense CRF settings alone (the test-time CRF of spec §4), with the same ``crf_*`` names
-    as :class:`PseudoLabelConfig` so either can be passed to :func:`dense_crf`."""
+    """Dense CRF settings (defaults: the test-time CRF of spec §4). :func:`dense_crf` takes these
+    or a :class:`PseudoLabelConfig`, which extends them."""
 
     crf_gauss_sxy: float = 3.0
     crf_gauss_compat: float = 3.0
@@ -57,10 +29,32 @@ class CrfSettings:
     crf_bilateral_compat: float = 4.0
     crf_iterations: int = 10
 
-    from_mapping = classmethod(_from_mapping)
+    @classmethod
+    def from_mapping(cls, values: dict):
+        """Built from the entries of a config section that are fields here (others, such as the
+        trainer's ``pseudo.workers`` or ``eval.crf``, are left out)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
-def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg: PseudoLabelConfig | CrfSettings) -> np.ndarray:
+@dataclass(frozen=True)
+class PseudoLabelConfig(CrfSettings):
+    """The CAM pruning cutoffs a study searches (RRM defaults) and the CRF settings of §2 step 1:
+    Gaussian sxy=3 compat=3 and 10 iterations as at test time, bilateral sxy=80 srgb=13
+    compat=10."""
+
+    crf_bilateral_sxy: float = 80.0
+    crf_bilateral_srgb: float = 13.0
+    crf_bilateral_compat: float = 10.0
+    alpha_low: float = 4.0
+    alpha_high: float = 32.0
+    crf_confidence: float = 0.8
+    cam_floor: float = 0.1
+    fg_percentile: float = 0.6
+    bg_cutoff: float = 0.8
+    crf: bool = True
+
+
+def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg: CrfSettings) -> np.ndarray:
     """Mean-field dense CRF (pydensecrf) over (K, H, W) probabilities of an (H, W, 3) uint8 image.
 
     Returns the (K, H, W) marginals. The probabilities are renormalised per pixel first: that
