@@ -63,7 +63,8 @@ def test_evaluate_reports_per_class_iou_of_the_argmax():
     assert m["val/miou"] == pytest.approx(np.mean(ious))
     assert m["val/iou/square"] == pytest.approx(ious[1])
     assert "val/miou_nocrf" not in m
-    assert 0.0 <= m["val/cam_threshold"] <= 1.0 and m["val/cam_miou"] > 0.5
+    # The model's own CAMs, evaluated as the CAM methods are (threshold chosen on train).
+    assert 0.0 <= m["train/cam_threshold"] <= 0.6 and m["val/cam_miou"] > 0.5 and m["train/cam_miou"] > 0.5
 
 
 def test_test_time_crf_snaps_blurry_predictions_to_image_edges():

@@ -1,5 +1,7 @@
 """Backbones by name (a registry, as in timm). Each returns a module mapping (B, 3, H, W) images
-to (B, F, H/s, W/s) features with ``out_channels`` = F and ``stride`` = s.
+to (B, F, H/s, W/s) features with ``out_channels`` = F and ``stride`` = s. ``forward_with_mid``
+also returns two mid-level feature maps (channels ``mid_channels``), the inputs SEAM's pixel
+correlation module takes from ResNet-38's 4th and 5th blocks.
 
 - ``small_cnn``: a few conv blocks, stride 4; trains from scratch on CPU in minutes.
 - ``resnet50`` / ``resnet101``: torchvision ResNets with the last two stages dilated (output
@@ -57,9 +59,16 @@ class SmallCNN(nn.Module):
             _conv_bn(width * 2, width * 2, dilation=4),
         )
         self.out_channels = width * 2
+        self.mid_channels = (width * 2, width * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def forward_with_mid(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(features, [output of the first stride-4 block, output of the first dilated block])."""
+        a = self.body[:4](x)
+        b = self.body[4](a)
+        return self.body[5](b), [a, b]
 
 
 class TorchvisionResNet(nn.Module):
@@ -78,9 +87,16 @@ class TorchvisionResNet(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layers = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
         self.out_channels = 2048
+        self.mid_channels = (512, 1024)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x))
+
+    def forward_with_mid(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(features, [layer2, layer3]): stride 8 both, as SEAM's b4/b5 of ResNet-38."""
+        a = self.layers[1](self.layers[0](self.stem(x)))
+        b = self.layers[2](a)
+        return self.layers[3](b), [a, b]
 
 
 class _SameConv(nn.Conv2d):
@@ -160,6 +176,11 @@ class EfficientNetLite0(nn.Module):
                     stride *= 2
                 blocks.append(_MBConv(cin if r == 0 else cout, cout, k, block_stride, block_dilation, e))
         self._blocks = nn.ModuleList(blocks)
+        # Indices of the last block of the two stages before the last one: the mid-level outputs.
+        ends = [sum(st[0] for st in self.STAGES[: i + 1]) - 1 for i in range(stages)]
+        mids = [max(0, stages - 3), max(0, stages - 2)]
+        self._mid_ends = (ends[mids[0]], ends[mids[1]])
+        self.mid_channels = (self.STAGES[mids[0]][5], self.STAGES[mids[1]][5])
         # The 1280-channel head conv belongs to the full network only; a truncated one ends at
         # its last stage's output (fewer channels, far cheaper on CPU).
         self.has_head = stages == len(self.STAGES)
@@ -178,11 +199,20 @@ class EfficientNetLite0(nn.Module):
             load_backbone_weights(self, weights, key="model.weights", skip_prefixes=("_fc.",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_mid(x)[0]
+
+    def forward_with_mid(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(features, [outputs of the two stages before the last])."""
         x = x * self.in_scale + self.in_shift
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        mids = []
+        for i, block in enumerate(self._blocks):
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x))) if self.has_head else x
+            if i in self._mid_ends:
+                mids.append(x)
+        if len(mids) == 1:  # a one- or two-stage network: both mids are the same stage
+            mids.append(mids[0])
+        return (F.relu6(self._bn1(self._conv_head(x))) if self.has_head else x), mids
 
 
 def packaged_lite0_weights() -> str:

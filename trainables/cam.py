@@ -33,24 +33,27 @@ def multiscale_cams(
     labels: torch.Tensor,
     scales: Sequence[float],
     cam_at_1: torch.Tensor | None = None,
+    flip: bool = False,
 ) -> torch.Tensor:
-    """Normalised CAMs averaged over input scales (RRM uses {1, 0.5, 1.5, 2}, §1).
+    """Normalised CAMs averaged over input scales (RRM uses {1, 0.5, 1.5, 2}, §1) and, with
+    ``flip``, their horizontal mirrors (SEAM's and SC-CAM's inference).
 
     ``cam_fn`` maps an image batch to raw CAMs. The scale-1 raw CAM may be passed in (it comes
-    from the training forward pass); other scales run without gradient. ReLU'd maps are summed
-    at crop size and normalised once, so every scale weighs the same.
+    from the training forward pass); other passes run without gradient. ReLU'd maps are summed
+    at crop size and normalised once, so every pass weighs the same.
     """
     size = tuple(image.shape[-2:])
     total = None
     for s in scales:
-        if s == 1 and cam_at_1 is not None:
-            raw = cam_at_1.detach()
-        else:
-            with torch.no_grad():
-                x = image if s == 1 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
-                raw = cam_fn(x)
-        up = F.interpolate(F.relu(raw), size=size, mode="bilinear", align_corners=False)
-        total = up if total is None else total + up
+        for mirrored in (False, True) if flip else (False,):
+            if s == 1 and cam_at_1 is not None and not mirrored:
+                raw = cam_at_1.detach()
+            else:
+                with torch.no_grad():
+                    x = image if s == 1 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
+                    raw = cam_fn(x.flip(-1)).flip(-1) if mirrored else cam_fn(x)
+            up = F.interpolate(F.relu(raw), size=size, mode="bilinear", align_corners=False)
+            total = up if total is None else total + up
     return normalise_cams(total, labels, size)
 
 

@@ -137,3 +137,21 @@ def augment_batch(
         valid=valid_t,
         gt=torch.stack(gts).long() if split.masks is not None else None,
     )
+
+
+def eval_batches(split: Split, batch_size: int, indices: list[int] | np.ndarray | None = None):
+    """Whole images (no crop, no resize) in batches of equal size, for evaluation: yields
+    ``(indices, images (B, 3, H, W) normalised, labels (B, C_fg), masks (B, H, W) long or None)``.
+    Images of different sizes (real datasets) are grouped by size first."""
+    by_size: dict[tuple, list[int]] = {}
+    for i in (range(len(split)) if indices is None else indices):
+        by_size.setdefault(split.images[int(i)].shape[:2], []).append(int(i))
+    for idx in by_size.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            x = to_tensor_batch([split.images[i] for i in chunk])
+            labels = torch.from_numpy(split.labels[chunk]).float()
+            gt = None
+            if split.masks is not None:
+                gt = torch.from_numpy(np.stack([split.masks[i] for i in chunk])).long()
+            yield chunk, x, labels, gt

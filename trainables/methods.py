@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from trainables import single_stage
+from trainables import cam_baseline, single_stage
 
 
 @dataclass(frozen=True)
@@ -28,4 +28,6 @@ class Method:
 METHODS: dict[str, Method] = {
     "aal": Method("aal", single_stage.train, single_stage.prepare, single_stage.DEFAULTS,
                   "single-stage model: CAM -> reliable pseudo labels -> segmentation branch (RRM/AALR)"),
+    "cam": Method("cam", cam_baseline.train, cam_baseline.prepare, cam_baseline.DEFAULTS,
+                  "CAM baseline: classifier + CAM, masks by a background threshold chosen on train"),
 }

@@ -40,6 +40,7 @@ class SingleStageNet(nn.Module):
         # Outside the model config, so the shared classification checkpoint (keyed on it) serves
         # runs with and without the head; the head is new and not in that checkpoint.
         self.embed_head = nn.Conv2d(hidden, embed_dim, 1) if embed_dim > 0 else None
+        self.new_layer_prefixes = ("embed_head.",)  # not in the classification checkpoint
         self.stride = self.backbone.stride
         # NHWC ("channels last") runs the depthwise and 1x1 convolutions about 1.5x faster on
         # CPU (measured on Lite0) and suits tensor cores on GPU; results are the same.

@@ -12,10 +12,8 @@ The loss is L = w_cls L_cls + sum of enabled terms w_k L_k; each term is an entr
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,53 +23,33 @@ import torch.nn.functional as F
 from trainables import losses
 from trainables.affinity import affinity_loss, pixel_confidence
 from trainables.cam import background_score, multiscale_cams
+from trainables.cam_eval import CAM_EVAL_DEFAULTS, evaluate_cams
 from trainables.config import merge
-from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augment_batch, to_tensor_batch
+from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augment_batch, eval_batches
 from trainables.datasets import load_dataset
 from trainables.decoupling import decoupled_weights, weighted_balanced_ce_loss
 from trainables.dense_energy import dense_energy_loss
-from trainables.metrics import CamThresholdSweep, confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
+from trainables.metrics import confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
 from trainables.model import SingleStageNet, frozen_bn_stats
 from trainables.pretrain import classification_pretrain
 from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
 from trainables.reassign import label_reassign_loss
+from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
+                              TuneReporter, build_optimizer, in_tune_session, load_start_weights, resolve_device,
+                              set_lr)
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
-    # backbone: small_cnn (width), resnet50/101 (weights: a local file), efficientnet_lite0
-    # (weights: packaged ImageNet by default; output_stride, dilate, stages; backbones.py).
-    "model": {"backbone": "small_cnn", "width": 32, "weights": None, "seg_hidden": 64, "seg_dropout": 0.1,
-              "output_stride": 8, "dilate": True, "stages": 7, "channels_last": True},
+    "model": dict(MODEL_DEFAULTS),
     "train": {
-        "epochs": 8,
-        "batch_size": 16,
-        "crop": 64,
-        "scale_min": 0.7,
-        "scale_max": 1.3,
-        "flip": True,
-        "optimizer": "sgd",
-        "lr": 0.02,
-        # RRM's SGD effectively runs without momentum (a bug in its optimizer helper, spec §4).
-        # We use 0.9 by default; set 0.0 to reproduce RRM exactly.
-        "momentum": 0.9,
-        "weight_decay": 1e-5,
-        "new_layer_lr_mult": 10.0,
-        "poly_power": 0.9,
+        **TRAIN_DEFAULTS,
         # Epochs that train the classifier alone before pseudo labels are used; 0 when starting
         # from the classification checkpoint (pretrain.enabled), as RRM does.
         "seg_warmup_epochs": 0,
         # "weak": reliable pseudo labels (the method); "full": ground-truth masks (upper bound).
         "supervision": "weak",
-        "seed": 0,
-        "num_threads": 0,
-        "device": "auto",
-        "checkpoint_every": 1,
-        # "bf16": network passes under torch.autocast in bfloat16 (GPU tensor cores; CPUs with
-        # AMX); outputs are cast back to float32, so every loss and metric runs in float32.
-        "autocast": "off",
     },
-    # Classification pretraining shared by all trials (trainables/pretrain.py).
-    "pretrain": {"enabled": True, "epochs": 20, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-5},
+    "pretrain": dict(PRETRAIN_DEFAULTS),
     "cam": {"scales": [1.0]},
     # ``workers``: CRF processes per trial ("auto": none on CPU, where the network uses the
     # trial's cores; the trial's CPUs - 1 on GPU). ``overlap``: with workers, label the next
@@ -105,8 +83,10 @@ DEFAULTS: dict = {
     # dense CRF with the spec's settings (then val/miou is the refined prediction's and
     # val/miou_nocrf the raw one's).
     # ``scales`` / ``flip``: multi-scale + flip inference, the softmax averaged over every pass.
-    "eval": {"batch_size": 32, "every": 1, "crf": False, "scales": [1.0], "flip": False,
-             **{f.name: f.default for f in fields(CrfSettings)}},
+    # ``cam_quality``: also evaluate the model's own CAMs as a CAM method is (cam_eval.py: t chosen
+    # on train, val masks at that t), so its CAM row compares with the baselines'.
+    "eval": {"batch_size": 32, "every": 1, "crf": False, "scales": [1.0], "flip": False, "cam_quality": True,
+             **CAM_EVAL_DEFAULTS, **{f.name: f.default for f in fields(CrfSettings)}},
 }
 
 
@@ -187,62 +167,6 @@ LOSS_TERMS: dict[str, LossTerm] = {
 SEGMENTATION_TERMS = {"ce", "dense", "affinity", "reassign"}
 
 
-class Reporter:
-    """Receives one metrics dict per epoch and, optionally, a checkpoint directory."""
-
-    def __init__(self) -> None:
-        self.history: list[dict] = []
-
-    def restore(self) -> dict | None:
-        """The state to resume from, or None."""
-        return None
-
-    def report(self, metrics: dict, state: dict | None) -> None:
-        self.history.append(dict(metrics))
-
-
-class TuneReporter(Reporter):
-    """Reports through ``ray.tune`` with a checkpoint holding the training state."""
-
-    def restore(self) -> dict | None:
-        from ray import tune
-
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-
-    def report(self, metrics: dict, state: dict | None) -> None:
-        from ray import tune
-
-        if state is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / "state.pt")
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-
-def _in_tune_session() -> bool:
-    try:
-        import warnings
-
-        from ray.tune import get_context
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Ray warns when asked outside a trial
-            return get_context().get_trial_id() is not None
-    except Exception:
-        return False
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _total_loss(ctx: StepContext, enabled: dict, seg_on: bool, sums: dict[str, float]) -> torch.Tensor:
     """sum_k w_k L_k over the enabled terms (segmentation terms only once ``seg_on``); each
     term's value is added to ``sums`` under train/loss/<name>."""
@@ -305,42 +229,6 @@ def pseudo_workers(value, device: torch.device) -> int:
     return n
 
 
-class Float32Net:
-    """Calls ``model`` under bfloat16 autocast when ``autocast == "bf16"`` and returns its outputs
-    as float32; otherwise calls it as it is."""
-
-    def __init__(self, model: SingleStageNet, autocast: str, device: torch.device):
-        if autocast not in ("off", "bf16"):
-            raise ValueError(f"train.autocast={autocast!r}: choose off or bf16")
-        self.model, self.enabled, self.device_type = model, autocast == "bf16", device.type
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not self.enabled:
-            return self.model(x)
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.model(x)
-        return {k: v.float() for k, v in out.items()}
-
-
-def _poly_lr(base: float, progress: float, power: float) -> float:
-    return base * (1.0 - progress) ** power
-
-
-def build_optimizer(model: SingleStageNet, cfg: dict) -> torch.optim.Optimizer:
-    """SGD (or Adam) with the new layers at ``new_layer_lr_mult`` x lr (RRM recipe, §4)."""
-    t = cfg["train"]
-    backbone, new = model.parameter_groups()
-    groups = [
-        {"params": backbone, "lr": t["lr"], "base_lr": t["lr"]},
-        {"params": new, "lr": t["lr"] * t["new_layer_lr_mult"], "base_lr": t["lr"] * t["new_layer_lr_mult"]},
-    ]
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-    if t["optimizer"] == "adam":
-        return torch.optim.Adam(groups, lr=t["lr"], weight_decay=t["weight_decay"])
-    raise ValueError(f"train.optimizer={t['optimizer']!r}: choose sgd or adam")
-
-
 @torch.no_grad()
 def segment_probs(model: SingleStageNet, x: torch.Tensor, scales: list[float] = (1.0,), flip: bool = False,
                   seg_at_1: torch.Tensor | None = None) -> torch.Tensor:
@@ -364,46 +252,33 @@ def segment_probs(model: SingleStageNet, x: torch.Tensor, scales: list[float] = 
 @torch.no_grad()
 def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device) -> dict:
     """Segmentation mIoU on val (seg head argmax at full resolution, optionally refined by a
-    test-time dense CRF) and CAM mIoU at the best background threshold. Images of different
-    sizes are evaluated one size group at a time."""
+    test-time dense CRF) and, with ``eval.cam_quality``, the model's CAMs evaluated as every CAM
+    method is (:func:`trainables.cam_eval.evaluate_cams`; the CAM masks never get the CRF here)."""
     model.eval()
     net = Float32Net(model, str(cfg["train"]["autocast"]), device)
-    split = ds.val
     crf = CrfSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
     scales, flip = [float(v) for v in cfg["eval"]["scales"]], bool(cfg["eval"]["flip"])
     conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
     conf_raw = np.zeros_like(conf)
-    sweep = CamThresholdSweep(ds.num_classes)
-    bs = int(cfg["eval"]["batch_size"])
-    by_size: dict[tuple, list[int]] = {}
-    for i, img in enumerate(split.images):
-        by_size.setdefault(img.shape[:2], []).append(i)
-    for size, idx in by_size.items():
-        for s in range(0, len(idx), bs):
-            chunk = idx[s : s + bs]
-            x = to_tensor_batch([split.images[i] for i in chunk]).to(device)
-            labels = torch.from_numpy(split.labels[chunk]).to(device)
-            gt = torch.from_numpy(np.stack([split.masks[i] for i in chunk])).to(device)
-            out = net(x)
-            probs = segment_probs(net, x, scales, flip, out["seg"])
-            pred = probs.argmax(1)
-            if crf is not None:
-                conf_raw += confusion_matrix(pred, gt, ds.num_classes)
-                probs_np = probs.float().cpu().numpy()
-                pred = torch.from_numpy(np.stack([dense_crf(split.images[i], probs_np[j], crf).argmax(0)
-                                                  for j, i in enumerate(chunk)])).to(device)
-            conf += confusion_matrix(pred, gt, ds.num_classes)
-            cams = multiscale_cams(lambda z: net(z)["cam_raw"], x, labels, cfg["cam"]["scales"], out["cam_raw"])
-            sweep.update(cams, gt)
-    model.train()
-    cam_miou, cam_t, _ = sweep.best()
-    iou = per_class_iou(conf)
-    metrics = {"val/miou": mean_iou(conf), "val/cam_miou": cam_miou, "val/cam_threshold": cam_t}
+    for chunk, x, _, gt in eval_batches(ds.val, int(cfg["eval"]["batch_size"])):
+        x, gt = x.to(device), gt.to(device)
+        probs = segment_probs(net, x, scales, flip)
+        pred = probs.argmax(1)
+        if crf is not None:
+            conf_raw += confusion_matrix(pred, gt, ds.num_classes)
+            probs_np = probs.float().cpu().numpy()
+            pred = torch.from_numpy(np.stack([dense_crf(ds.val.images[i], probs_np[j], crf).argmax(0)
+                                              for j, i in enumerate(chunk)])).to(device)
+        conf += confusion_matrix(pred, gt, ds.num_classes)
+    metrics = {"val/miou": mean_iou(conf)}
     if crf is not None:
         metrics["val/miou_nocrf"] = mean_iou(conf_raw)
-    for name, v in zip(ds.class_names, iou):
+    for name, v in zip(ds.class_names, per_class_iou(conf)):
         if np.isfinite(v):  # a class absent from GT and prediction has no IoU (metrics.py)
             metrics[f"val/iou/{name}"] = float(v)
+    if cfg["eval"]["cam_quality"]:
+        metrics.update(evaluate_cams(lambda z: net(z)["cam_raw"], ds, merge(cfg, {"eval": {"crf": False}}), device))
+    model.train()
     return metrics
 
 
@@ -415,7 +290,7 @@ def prepare(config: dict, log: Callable[[str], None] = print) -> SegmentationDat
     if cfg["pretrain"]["enabled"]:
         if int(cfg["train"]["num_threads"]) > 0:
             torch.set_num_threads(int(cfg["train"]["num_threads"]))
-        classification_pretrain(cfg, ds, _device(cfg["train"]["device"]), log=log)
+        classification_pretrain(cfg, ds, resolve_device(cfg["train"]["device"]), log=log)
     return ds
 
 
@@ -433,11 +308,11 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
     """
     cfg = merge(DEFAULTS, config)
     if reporter is None:
-        reporter = TuneReporter() if _in_tune_session() else Reporter()
+        reporter = TuneReporter() if in_tune_session() else Reporter()
     t = cfg["train"]
     if int(t["num_threads"]) > 0:
         torch.set_num_threads(int(t["num_threads"]))
-    device = _device(t["device"])
+    device = resolve_device(t["device"])
     torch.manual_seed(int(t["seed"]))
     rng = np.random.default_rng(int(t["seed"]))
 
@@ -454,11 +329,8 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
 
     start_epoch = 0
     state = reporter.restore()
-    if state is None and cfg["pretrain"]["enabled"]:
-        missing, unexpected = model.load_state_dict(classification_pretrain(cfg, ds, device), strict=False)
-        if unexpected or any(not k.startswith("embed_head.") for k in missing):
-            raise RuntimeError(f"classification checkpoint does not fit the model: missing {missing}, "
-                               f"unexpected {unexpected}")
+    if state is None:
+        load_start_weights(model, cfg, ds, device)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -507,8 +379,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
             pending = label_ahead(batch) if overlap and needs_labels and seg_on else None
             for step in range(steps_per_epoch):
                 progress = (epoch * steps_per_epoch + step) / total_steps
-                for g in optimizer.param_groups:
-                    g["lr"] = _poly_lr(g["base_lr"], progress, t["poly_power"])
+                set_lr(optimizer, progress, t["poly_power"])
                 # The next batch is drawn now either way, so the batches (and the rng) do not depend
                 # on the overlap switch; in overlap mode its CRFs start here and run during this step.
                 upcoming = next_batch(step + 1) if step + 1 < steps_per_epoch else None
