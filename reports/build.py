@@ -78,7 +78,9 @@ def collect(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             "miou": metrics.get("val/miou", math.nan),
             "miou_nocrf": metrics.get("val/miou_nocrf", math.nan),
             "cam_miou": metrics.get("val/cam_miou", math.nan),
-            "cam_threshold": metrics.get("val/cam_threshold", math.nan),
+            "train_cam_miou": metrics.get("train/cam_miou", math.nan),
+            # The background threshold of the CAM masks, chosen on train (trainables/cam_eval.py).
+            "cam_threshold": metrics.get("train/cam_threshold", math.nan),
             "epochs": int(metrics.get("epoch", 0)),
             "score": metrics.get(meta["metric"], math.nan),
             "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
@@ -208,8 +210,9 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
         f"val mIoU **{_pct(best['miou'])}**"
         + (f" with the test-time dense CRF ({_pct(best['miou_nocrf'])} without)"
            if math.isfinite(best.get("miou_nocrf", math.nan)) else "")
-        + "; plain CAM of the same network at its best background "
-        f"threshold ({best['cam_threshold']:.2f}): {_pct(best['cam_miou'])}.",
+        + (f"; its CAM masks at the background threshold chosen on train ({best['cam_threshold']:.2f}): "
+           f"{_pct(best['cam_miou'])} on val, CAM quality on train {_pct(best['train_cam_miou'])}."
+           if math.isfinite(best.get("cam_threshold", math.nan)) else "."),
         "",
     ]
     if params:
@@ -243,9 +246,9 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
     lines += ["## Top trials", ""]
     top = trials[trials["score"].notna()].copy()
     top = top.sort_values("score", ascending=meta["mode"] == "min").head(5)
-    cols = ["trial_id", "status", "epochs", "miou", "cam_miou"] + [c for c in top.columns if c.startswith("param.")]
+    cols = ["trial_id", "status", "epochs", "miou", "cam_miou", "train_cam_miou"] + [c for c in top.columns if c.startswith("param.")]
     shown = top[cols].copy()
-    for c in ("miou", "cam_miou"):
+    for c in ("miou", "cam_miou", "train_cam_miou"):
         shown[c] = shown[c].map(_pct)
     lines += [shown.to_markdown(index=False, floatfmt=".4g"), ""]
     failed = trials[trials["status"] == "FAILED"]

@@ -34,30 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Imports after argument parsing: --help stays fast and argument errors need no Ray.
-    from study.space import SpaceError, load_spec
-
-    try:
-        spec = load_spec(args.space, args.set, args.num_samples)
-    except SpaceError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return EXIT_BAD_INPUT
-    if not (args.address in ("local", "auto") or args.address.startswith("ray://")):
-        sys.stderr.write(f"error: --address: must be local, auto or ray://HOST:PORT (got {args.address!r})\n")
-        return EXIT_BAD_INPUT
-
-    from study.runner import RunOptions, StudyExistsError, plan_text, run_study
-
-    output = Path(args.output) if args.output else Path("studies") / spec.name
-    opts = RunOptions(output=output, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume)
-    if args.dry_run:
-        print(plan_text(spec, opts))
-        print("dry run: the search space and data are valid; nothing was run")
-        return EXIT_OK
-
-    # Quiet third-party chatter; the study prints its own progress lines.
+def _quiet_libraries() -> None:
+    """Quiet third-party chatter; the study prints its own progress lines."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import logging
@@ -69,6 +47,59 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="optuna")
+
+
+def _run_comparison(cspec, args) -> int:
+    """A comparison YAML (``compare`` section): every study, seed reruns, one report."""
+    from study.compare import plan_text, run_comparison
+    from study.runner import StudyExistsError
+
+    output = Path(args.output) if args.output else Path("studies") / cspec.name
+    if args.dry_run:
+        print(plan_text(cspec, output))
+        print("dry run: the comparison and its studies are valid; nothing was run")
+        return EXIT_OK
+    _quiet_libraries()
+    try:
+        path = run_comparison(cspec, output, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume)
+    except StudyExistsError as e:
+        sys.stderr.write(f"error: --output: {e}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: the studies' records so far are kept; --resume continues\n")
+        return 130
+    print(f"[wsss-study] comparison report: {path.resolve()}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imports after argument parsing: --help stays fast and argument errors need no Ray.
+    from study.compare import is_comparison, load_compare
+    from study.space import SpaceError, load_spec
+
+    if not (args.address in ("local", "auto") or args.address.startswith("ray://")):
+        sys.stderr.write(f"error: --address: must be local, auto or ray://HOST:PORT (got {args.address!r})\n")
+        return EXIT_BAD_INPUT
+    try:
+        if is_comparison(args.space):
+            return _run_comparison(load_compare(args.space, args.set, args.num_samples), args)
+        spec = load_spec(args.space, args.set, args.num_samples)
+    except SpaceError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return EXIT_BAD_INPUT
+
+    from study.runner import RunOptions, StudyExistsError, plan_text, run_study
+
+    _quiet_libraries()
+
+    output = Path(args.output) if args.output else Path("studies") / spec.name
+    opts = RunOptions(output=output, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume)
+    if args.dry_run:
+        print(plan_text(spec, opts))
+        print("dry run: the search space and data are valid; nothing was run")
+        return EXIT_OK
+
     try:
         summary = run_study(spec, opts)
     except StudyExistsError as e:

@@ -64,7 +64,8 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
         f"method     {spec.method}: {method.summary}",
         "data       " + ", ".join(f"{k}={v}" for k, v in spec.data.items()),
         f"budget     {spec.samples} trials, at most {spec.concurrency} at once, {spec.epochs} epochs each",
-        f"searcher   optuna {spec.sampler} (seed {spec.seed}), study stored in {opts.output / 'optuna.db'}",
+        ("searcher   grid: every combination of the choices once (Ray Tune grid search)" if spec.sampler == "grid"
+         else f"searcher   optuna {spec.sampler} (seed {spec.seed}), study stored in {opts.output / 'optuna.db'}"),
     ]
     if spec.scheduler["type"] == "asha":
         lines.append(f"scheduler  ASHA grace_period={spec.scheduler['grace_period']} "
@@ -131,8 +132,8 @@ def init_ray(address: str, spec: StudySpec) -> None:
         ray.init(address=address, **kwargs)
 
 
-def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
-    """The Tuner: trainable with resources, Optuna searcher behind a concurrency limit, ASHA."""
+def _optuna_searcher(spec: StudySpec, opts: RunOptions) -> ConcurrencyLimiter:
+    """Optuna (TPE or random) behind a concurrency limit, its study stored in the output folder."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{(opts.output / 'optuna.db').resolve()}")
     try:
         existing = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
@@ -149,7 +150,16 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
         storage=storage,
         max_t=spec.epochs,
     )
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
+
+
+def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
+    """The Tuner: trainable with resources, Optuna searcher behind a concurrency limit, ASHA."""
+    if spec.sampler == "grid":
+        # Every combination once, no searcher (seed reruns of a chosen configuration).
+        searcher, param_space = None, {p.name: tune.grid_search(list(p.choices)) for p in spec.params}
+    else:
+        searcher, param_space = _optuna_searcher(spec, opts), {}
     if spec.scheduler["type"] == "asha":
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
@@ -165,8 +175,10 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
     )
     return Tuner(
         trainable,
-        tune_config=TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher,
-                               scheduler=scheduler, num_samples=spec.samples),
+        param_space=param_space,
+        tune_config=TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
+                               num_samples=1 if spec.sampler == "grid" else spec.samples,
+                               max_concurrent_trials=spec.concurrency if spec.sampler == "grid" else None),
         run_config=RunConfig(
             name="tune",
             storage_path=str(opts.output.resolve()),

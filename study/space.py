@@ -390,8 +390,15 @@ def parse_document(doc: dict, path: str | Path) -> StudySpec:
         raise SpaceError(path, "mode", mode, "must be max or min")
     seed = _num(path, "seed", doc.get("seed", 0), integer=True, nonneg=True)
     sampler = doc.get("sampler", "tpe")
-    if sampler not in ("tpe", "random"):
-        raise SpaceError(path, "sampler", sampler, "must be tpe or random")
+    if sampler not in ("tpe", "random", "grid"):
+        raise SpaceError(path, "sampler", sampler, "must be tpe, random or grid")
+    if sampler == "grid":  # every combination of the categorical choices once (Ray Tune grid search)
+        for p in params.values():
+            if p.type != "categorical":
+                raise SpaceError(path, f"search.{p.name}.type", p.type, "the grid sampler takes categorical parameters only")
+        size = math.prod(len(p.choices) for p in params.values())
+        if samples != size:
+            raise SpaceError(path, "budget.samples", samples, f"must equal the grid's size ({size}) with sampler: grid")
     max_failures = _num(path, "max_failures", doc.get("max_failures", 0), integer=True, nonneg=True)
     description = doc.get("description", "")
     if not isinstance(description, str):
@@ -403,11 +410,29 @@ def parse_document(doc: dict, path: str | Path) -> StudySpec:
         metric=metric, mode=mode, seed=seed, sampler=sampler, max_failures=max_failures,
         description=description, document=doc,
     )
+    _check_method(spec, path)
     if scheduler["type"] == "asha" and scheduler["grace_period"] > spec.epochs:
         raise SpaceError(path, "scheduler.grace_period", scheduler["grace_period"],
                          f"exceeds train.epochs ({spec.epochs})")
     spec.fixed = merge(spec.fixed, {"train": {"seed": seed}}) if "seed" not in fixed.get("train", {}) else spec.fixed
     return spec
+
+
+def _check_method(spec: StudySpec, path) -> None:
+    """The method's own check on the fixed settings, and on each searched parameter at each of
+    its choices (or both bounds) with the others fixed."""
+    method = METHODS[spec.method]
+    base = merge(method.defaults, spec.fixed)
+    candidates = [({}, None)]
+    for p in spec.params:
+        for v in (p.choices if p.type == "categorical" else (p.low, p.high)):
+            candidates.append(({p.name: v}, p))
+    for override, param in candidates:
+        try:
+            method.check(merge(base, override))
+        except ConfigError as e:
+            key = f"search.{param.name}" if param is not None else f"fixed.{e.key}"
+            raise SpaceError(path, key, e.value, e.message) from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None, num_samples: int | None = None) -> StudySpec:

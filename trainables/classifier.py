@@ -100,7 +100,7 @@ class CamRecipe:
 
     ``build(cfg, num_fg)`` makes the network; ``terms(net, batch, cfg, state)`` returns the step's
     loss terms by name (``state`` holds ``device`` and whatever ``begin_round`` stored);
-    ``cam_fn(net)`` the raw CAMs it is evaluated by; ``rounds(cfg)`` how many times training
+    ``cam_fn(net, cfg)`` the raw CAMs it is evaluated by; ``rounds(cfg)`` how many times training
     restarts from the start weights (SC-CAM), with ``begin_round(round, previous_model, ds, cfg,
     state)`` called before each, given the model that ended the previous round (the start
     weights before the first).
@@ -108,7 +108,8 @@ class CamRecipe:
 
     build: Callable[[dict, int], CamNet]
     terms: Callable[..., dict[str, torch.Tensor]] = classification_terms
-    cam_fn: Callable[[Callable], Callable[[torch.Tensor], torch.Tensor]] = lambda net: (lambda z: net(z)["cam_raw"])
+    cam_fn: Callable[[Callable, dict], Callable[[torch.Tensor], torch.Tensor]] = (
+        lambda net, cfg: (lambda z: net(z)["cam_raw"]))
     rounds: Callable[[dict], int] = lambda cfg: 1
     begin_round: Callable[..., None] | None = None
 
@@ -206,7 +207,7 @@ def train_cam_method(config: dict, recipe: CamRecipe, defaults: dict, reporter: 
             done = epoch + 1 == last
             if done or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
                 model.eval()
-                metrics.update(as_segmentation_metrics(evaluate_cams(recipe.cam_fn(net), ds, cfg, device)))
+                metrics.update(as_segmentation_metrics(evaluate_cams(recipe.cam_fn(net, cfg), ds, cfg, device)))
                 model.train()
             else:  # every report carries val/* for ASHA and the searcher
                 metrics.update({k: v for k, v in history[-1].items() if k.startswith(("val/", "train/cam"))})

@@ -83,6 +83,7 @@ class TrainBatch:
     labels: torch.Tensor
     valid: torch.Tensor
     gt: torch.Tensor | None
+    index: np.ndarray | None = None  # the images' positions in the split
 
 
 def augment_batch(
@@ -136,6 +137,7 @@ def augment_batch(
         labels=torch.from_numpy(split.labels[index]).float(),
         valid=valid_t,
         gt=torch.stack(gts).long() if split.masks is not None else None,
+        index=np.asarray(index),
     )
 
 

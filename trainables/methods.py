@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from trainables import cam_baseline, single_stage
+from trainables import cam_baseline, sccam, seam, single_stage
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Method:
     prepare: Callable[..., object]
     defaults: dict
     summary: str
+    # Raises ConfigError for a configuration the method cannot run (checked before any trial).
+    check: Callable[[dict], None] = lambda cfg: None
 
 
 METHODS: dict[str, Method] = {
@@ -30,4 +32,10 @@ METHODS: dict[str, Method] = {
                   "single-stage model: CAM -> reliable pseudo labels -> segmentation branch (RRM/AALR)"),
     "cam": Method("cam", cam_baseline.train, cam_baseline.prepare, cam_baseline.DEFAULTS,
                   "CAM baseline: classifier + CAM, masks by a background threshold chosen on train"),
+    "seam": Method("seam", seam.train, seam.prepare, seam.DEFAULTS,
+                   "SEAM: siamese equivariant regularisation, PCM, equivariant cross regularisation (OHEM)",
+                   seam.check),
+    "sccam": Method("sccam", sccam.train, sccam.prepare, sccam.DEFAULTS,
+                    "SC-CAM: sub-category classification over per-class k-means clusters, in rounds",
+                    sccam.check),
 }

@@ -1,0 +1,262 @@
+"""The comparison report (``study/compare.py``): one row per method, class by class.
+
+From each method's search study (best trial) and its seed reruns (mean +- std over seeds of the
+best configuration): per-class IoU table, deltas against SEAM and SC-CAM per class, a CAM
+quality table (CAM mIoU on train at the threshold chosen there, CAM masks on val) with the
+published orderings checked, SC-CAM per round when it ran several, and the published VOC rows
+(in the table on VOC, clearly apart otherwise). Writes ``comparison.md``, ``comparison.parquet``
+(long: method, row, class_name, iou), ``cam_quality.parquet`` and
+``figures/per_class_comparison.png``. ``python -m reports.compare --study DIR`` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reports.baselines import DATA_DIR, PUBLISHED_DATASET, is_voc, published_per_class
+
+LABELS = {"aal": "single-stage (aal)", "cam": "CAM", "seam": "SEAM", "sccam": "SC-CAM"}
+# Published orderings of CAM quality (VOC train) this benchmark is checked against.
+ORDERINGS = [("seam", "cam", "SEAM ER+PCM", "SEAM baseline CAM"), ("sccam", "cam", "SC-CAM CAM", "AffinityNet CAM")]
+
+
+def _pct(v: float) -> str:
+    return "" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _pm(mean: float, std: float) -> str:
+    return "" if not np.isfinite(mean) else f"{100 * mean:.1f} ± {100 * (std if np.isfinite(std) else 0):.1f}"
+
+
+def _load(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    from reports.build import collect
+
+    meta, trials, per_class = collect(study_dir)
+    return meta, trials, per_class
+
+
+def _round_history(meta: dict, run_ids: list[str]) -> pd.DataFrame:
+    """SC-CAM: train CAM mIoU and val mIoU at the end of each round, per seed run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=meta["tracking_uri"])
+    rows = []
+    for run_id in run_ids:
+        rounds = {m.step: m.value for m in client.get_metric_history(run_id, "train/round")}
+        for key in ("train/cam_miou", "val/miou"):
+            for m in client.get_metric_history(run_id, key):
+                r = rounds.get(m.step)
+                if r is not None and rounds.get(m.step + 1, math.inf) != r:  # the round's last epoch
+                    rows.append({"run_id": run_id, "round": int(r), "metric": key, "value": m.value})
+    return pd.DataFrame(rows, columns=["run_id", "round", "metric", "value"])
+
+
+def collect_comparison(compare_dir: Path) -> dict:
+    """Everything the report shows, as frames."""
+    meta = json.loads((compare_dir / "compare.json").read_text())
+    rows, quality, rounds, classes, dataset, costs = [], [], {}, None, "?", {}
+    for m in meta["methods"]:
+        label = LABELS.get(m["method"], m["method"])
+        smeta, trials, per_class = _load(compare_dir / m["search"])
+        dataset = smeta.get("dataset", dataset)
+        classes = classes or smeta.get("class_names")
+        scored = trials[trials["score"].notna()] if len(trials) else trials
+        if scored.empty:
+            continue
+        done = scored[scored["status"] == "COMPLETE"]
+        best = (done if not done.empty else scored).sort_values("score", ascending=False).iloc[0]
+        pc = per_class[per_class["trial_id"] == best["trial_id"]]
+        rows += [{"method": label, "row": "best trial", "class_name": c, "iou": v} for c, v in zip(pc["class_name"], pc["iou"])]
+        rows.append({"method": label, "row": "best trial", "class_name": "mIoU", "iou": best["miou"]})
+        costs[label] = float(trials["duration_s"].sum())
+        q = {"method": label, "best_train_cam_miou": best.get("train_cam_miou", math.nan),
+             "best_val_cam_miou": best.get("cam_miou", math.nan), "best_val_miou": best["miou"]}
+        seeds_dir = compare_dir / m["seeds"]
+        if (seeds_dir / "study.json").is_file():
+            kmeta, ktrials, kpc = _load(seeds_dir)
+            ok = ktrials[ktrials["status"] == "COMPLETE"]
+            if len(ok):
+                kpc = kpc[kpc["trial_id"].isin(ok["trial_id"])]
+                stats = kpc.groupby("class_name", sort=False)["iou"].agg(["mean", "std"])
+                for c, r in stats.iterrows():
+                    rows += [{"method": label, "row": "seed mean", "class_name": c, "iou": r["mean"]},
+                             {"method": label, "row": "seed std", "class_name": c, "iou": r["std"]}]
+                rows += [{"method": label, "row": "seed mean", "class_name": "mIoU", "iou": ok["miou"].mean()},
+                         {"method": label, "row": "seed std", "class_name": "mIoU", "iou": ok["miou"].std()}]
+                q.update({"seeds": len(ok), "train_cam_miou": ok["train_cam_miou"].mean(),
+                          "train_cam_miou_std": ok["train_cam_miou"].std(), "val_cam_miou": ok["cam_miou"].mean(),
+                          "val_cam_miou_std": ok["cam_miou"].std(), "val_miou": ok["miou"].mean(),
+                          "val_miou_std": ok["miou"].std(), "cam_threshold": ok["cam_threshold"].mean(),
+                          "trial_s": ok["duration_s"].mean()})
+                if m["method"] == "sccam":
+                    rounds[label] = _round_history(kmeta, list(ok["run_id"]))
+        quality.append(q)
+    return {"meta": meta, "table": pd.DataFrame(rows), "quality": pd.DataFrame(quality), "rounds": rounds,
+            "classes": classes or [], "dataset": dataset, "costs": costs}
+
+
+def _wide(table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    cols = [c for c in classes if c in set(table["class_name"])] + ["mIoU"]
+    wide = table.pivot_table(index=["method", "row"], columns="class_name", values="iou", sort=False)
+    return wide.reindex(columns=cols)
+
+
+def _deltas(wide: pd.DataFrame, against: str) -> pd.DataFrame:
+    """Seed-mean IoU of each method minus ``against``'s, per class (percentage points)."""
+    if (against, "seed mean") not in wide.index:
+        return pd.DataFrame()
+    ref = wide.loc[(against, "seed mean")]
+    out = {m: 100 * (wide.loc[(m, "seed mean")] - ref) for m, r in wide.index if r == "seed mean" and m != against}
+    return pd.DataFrame(out).T
+
+
+def _figure(wide: pd.DataFrame, out: Path, title: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = [(m, wide.loc[(m, r)]) for m, r in wide.index if r == "seed mean"]
+    kind = "seed mean"
+    if not means:
+        means, kind = [(m, wide.loc[(m, r)]) for m, r in wide.index if r == "best trial"], "best trial"
+    if not means:
+        return None
+    cols = list(wide.columns)
+    x = np.arange(len(cols))
+    width = 0.8 / len(means)
+    fig, ax = plt.subplots(figsize=(max(7, 0.7 * len(cols) * len(means) / 2 + 3), 4))
+    for i, (m, row) in enumerate(means):
+        std = wide.loc[(m, "seed std")] if kind == "seed mean" and (m, "seed std") in wide.index else None
+        ax.bar(x + (i - (len(means) - 1) / 2) * width, 100 * row.values, width, label=m,
+               yerr=None if std is None else 100 * std.fillna(0).values, capsize=2)
+    ax.set_xticks(x, cols, rotation=45, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{title} ({kind}{' ± std over seeds' if kind == 'seed mean' else ''})")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
+    meta, table, quality, classes = data["meta"], data["table"], data["quality"], data["classes"]
+    dataset = data["dataset"]
+    lines = [f"# Comparison: {meta['name']}", "",
+             f"- dataset: **{dataset}** (val for mIoU; train for choosing the CAM threshold and for CAM quality)",
+             f"- budget per method: {meta['samples']} trials ({meta['concurrency']} at once, ASHA), same data, "
+             f"backbone, start weights, epochs and evaluation; then the best configuration rerun with seeds "
+             f"{meta['seeds']} (no early stopping)",
+             "- CAM methods' masks: argmax([t; CAMs]) with t chosen on train, never on val; the single-stage "
+             "model's row is its segmentation output", ""]
+    if table.empty:
+        return "\n".join(lines + ["No method has a scored trial yet.", ""])
+    wide = _wide(table, classes)
+    shown = wide.map(_pct).reset_index()
+    for m in shown["method"].unique():  # mean ± std cells for the seed rows
+        if (m, "seed mean") in wide.index:
+            mean, std = wide.loc[(m, "seed mean")], wide.loc[(m, "seed std")]
+            idx = shown.index[(shown["method"] == m) & (shown["row"] == "seed mean")][0]
+            shown.loc[idx, wide.columns] = [_pm(a, b) for a, b in zip(mean, std)]
+            shown.loc[idx, "row"] = f"mean ± std ({len(meta['seeds'])} seeds)"
+    shown = shown[shown["row"] != "seed std"]
+    voc = is_voc(classes)
+    lines += ["## Per-class IoU (%)", ""]
+    if voc:
+        pub = published_per_class()
+        extra = pd.DataFrame([{"method": r["label"], "row": f"published ({r['source']})",
+                               **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()])
+        shown = pd.concat([shown, extra], ignore_index=True)
+    lines += [shown.to_markdown(index=False), ""]
+    for ref in ("SEAM", "SC-CAM"):
+        d = _deltas(wide, ref)
+        if not d.empty:
+            lines += [f"### Δ against {ref} (seed means, percentage points)", "",
+                      d.round(1).reset_index(names="method").to_markdown(index=False, floatfmt="+.1f"), ""]
+    lines += ["## CAM quality", "",
+              "CAM mIoU on train at the threshold chosen there, and the same threshold's CAM masks on val "
+              "(mean ± std over seeds of each method's best configuration); the last column is each method's "
+              "output (the single-stage model's segmentation, the other methods' CAM masks).", ""]
+    qrows = []
+    for _, q in quality.iterrows():
+        qrows.append({"method": q["method"], "train CAM mIoU": _pm(q.get("train_cam_miou", np.nan), q.get("train_cam_miou_std", np.nan)),
+                      "val CAM-mask mIoU": _pm(q.get("val_cam_miou", np.nan), q.get("val_cam_miou_std", np.nan)),
+                      "t (train)": f"{q.get('cam_threshold', np.nan):.2f}", "val mIoU (output)": _pm(q.get("val_miou", np.nan), q.get("val_miou_std", np.nan)),
+                      "s per seed run": f"{q.get('trial_s', np.nan):.0f}",
+                      "search wall (s, sum of trials)": f"{data['costs'].get(q['method'], np.nan):.0f}"})
+    lines += [pd.DataFrame(qrows).to_markdown(index=False), ""]
+    pub_q = pd.read_csv(DATA_DIR / "voc12_cam_quality.csv")
+    pub_val = {r["method"]: r["value"] for _, r in pub_q[pub_q["split"] == "train"].iterrows()}
+    q_by = {r["method"]: r for _, r in quality.iterrows()}
+    lines += ["### Published orderings of CAM quality, checked here", ""]
+    for ours, base, pub_ours, pub_base in ORDERINGS:
+        a, b = q_by.get(LABELS[ours]), q_by.get(LABELS[base])
+        if a is None or b is None or not np.isfinite(a.get("train_cam_miou", np.nan)):
+            continue
+        diff = 100 * (a["train_cam_miou"] - b["train_cam_miou"])
+        holds = "holds" if diff > 0 else "does not hold"
+        lines.append(f"- {LABELS[ours]} above {LABELS[base]}: published {pub_val[pub_ours]:.1f} vs {pub_val[pub_base]:.1f} "
+                     f"(VOC train); here {100 * a['train_cam_miou']:.1f} vs {100 * b['train_cam_miou']:.1f} "
+                     f"({diff:+.1f}): **{holds}**.")
+    for label, hist in data["rounds"].items():
+        if hist.empty or hist["round"].nunique() < 2:
+            continue
+        stats = hist.groupby(["metric", "round"])["value"].agg(["mean", "std"]).reset_index()
+        lines += ["", f"### {label} by round (best configuration, mean over seeds)", "",
+                  "| metric | " + " | ".join(f"round {r}" for r in sorted(hist["round"].unique())) + " |",
+                  "|---|" + "---|" * hist["round"].nunique()]
+        for metric, g in stats.groupby("metric"):
+            lines.append(f"| {metric} | " + " | ".join(_pm(a, b) for a, b in zip(g["mean"], g["std"])) + " |")
+    lines.append("")
+    if not voc:
+        pub = published_per_class()
+        lines += [f"## Published SEAM and SC-CAM rows ({PUBLISHED_DATASET}): NOT comparable", "",
+                  f"Measured on PASCAL VOC 2012 val with each author's backbone and budget; this comparison ran on "
+                  f"**{dataset}**. For reference only; do not read them against the tables above.", "",
+                  pub.drop(columns=["dataset"]).rename(columns={"label": "method"}).to_markdown(index=False, floatfmt=".1f"), ""]
+    if figure is not None:
+        lines += ["## Figure", "", f"![per-class comparison]({figure.relative_to(compare_dir).as_posix()})", ""]
+    lines += ["Studies: " + ", ".join(f"`{m['search']}/` and `{m['seeds']}/`" for m in meta["methods"])
+              + " (each with its own report.md and MLflow records).", ""]
+    return "\n".join(lines)
+
+
+def build_comparison(compare_dir: str | Path) -> Path:
+    """Write the comparison files into ``compare_dir``; returns the Markdown path."""
+    compare_dir = Path(compare_dir)
+    data = collect_comparison(compare_dir)
+    data["table"].to_parquet(compare_dir / "comparison.parquet", index=False)
+    data["quality"].to_parquet(compare_dir / "cam_quality.parquet", index=False)
+    figure = None
+    if not data["table"].empty:
+        figure = _figure(_wide(data["table"], data["classes"]), compare_dir / "figures" / "per_class_comparison.png",
+                         f"{data['meta']['name']} on {data['dataset']}")
+    path = compare_dir / "comparison.md"
+    path.write_text(render(data, figure, compare_dir))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.compare", description="Rebuild a comparison's report.")
+    p.add_argument("--study", required=True, help="the comparison's output folder")
+    args = p.parse_args(argv)
+    d = Path(args.study)
+    if not (d / "compare.json").is_file():
+        sys.stderr.write(f"error: --study: {d} holds no compare.json (not a comparison output folder)\n")
+        return 2
+    print(f"wrote {build_comparison(d)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
