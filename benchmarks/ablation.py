@@ -4,7 +4,7 @@ table of mean +- std over seeds, never asserted:
     python benchmarks/ablation.py --space search_spaces/aal.yaml --seeds 0 1 2 --jobs 2 \
         [--set KEY=VALUE ...] [--only rrm affinity] [--out ablation.json]
 
-Rows add one part at a time: CAM only (the classifier's CAMs at the best background threshold);
+Rows add one part at a time: CAM only (the classifier's CAMs at the background threshold chosen on train);
 reliable CE alone; RRM (reliable CE + dense energy); + adaptive affinity; + label reassign;
 + label decoupling. Each row trains from the same classification checkpoint per seed (the seed
 also drives initialisation and batch order) with the space's fixed settings plus ``--set``.

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from study.space import load_spec
+from study.space import load_spec, parse_value
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +32,7 @@ def base_config(args: argparse.Namespace) -> dict:
         base = {**base, **params}
     for item in args.set:
         key, _, value = item.partition("=")
-        base = {**base, key: yaml.safe_load(value)}
+        base = {**base, key: parse_value(value)}
     if args.epochs:
         base = {**base, "train.epochs": args.epochs}
     return base

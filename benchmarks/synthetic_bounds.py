@@ -41,11 +41,11 @@ def main() -> None:
         t0 = time.perf_counter()
         hist = train({**base, **extra})
         last = hist[-1]
-        rows.append((label, last["val/miou_nocrf"], last["val/miou"], last["val/cam_miou"], last["val/cam_threshold"],
+        rows.append((label, last["val/miou_nocrf"], last["val/miou"], last["val/cam_miou"], last["train/cam_threshold"],
                      last.get("train/pseudo/precision", float("nan")), last.get("train/pseudo/coverage", float("nan")),
                      time.perf_counter() - t0))
     print(f"space {args.space}, {len(hist)} epochs, backbone {base['model']['backbone']}")
-    print(f"{'run':<50} {'val mIoU':>9} {'+ test CRF':>10} {'CAM mIoU':>9} {'CAM t':>6} {'PL prec':>8} {'PL cov':>7} "
+    print(f"{'run':<50} {'val mIoU':>9} {'+ test CRF':>10} {'CAM mIoU':>9} {'CAM t (train)':>6} {'PL prec':>8} {'PL cov':>7} "
           f"{'time s':>7}")
     for r in rows:
         print(f"{r[0]:<50} {100 * r[1]:9.1f} {100 * r[2]:10.1f} {100 * r[3]:9.1f} {r[4]:6.2f} {100 * r[5]:8.1f} "

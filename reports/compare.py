@@ -76,7 +76,7 @@ def collect_comparison(compare_dir: Path) -> dict:
         rows += [{"method": label, "row": "best trial", "class_name": c, "iou": v} for c, v in zip(pc["class_name"], pc["iou"])]
         rows.append({"method": label, "row": "best trial", "class_name": "mIoU", "iou": best["miou"]})
         costs[label] = float(trials["duration_s"].sum())
-        q = {"method": label, "best_train_cam_miou": best.get("train_cam_miou", math.nan),
+        q = {"method": label, "key": m["method"], "best_train_cam_miou": best.get("train_cam_miou", math.nan),
              "best_val_cam_miou": best.get("cam_miou", math.nan), "best_val_miou": best["miou"]}
         seeds_dir = compare_dir / m["seeds"]
         if (seeds_dir / "study.json").is_file():

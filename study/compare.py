@@ -175,4 +175,34 @@ def run_comparison(cspec: CompareSpec, output: Path, address: str = "local", tra
             log(f"[wsss-study] === {s.name} ({kind}) -> {d}")
             run_study(s, RunOptions(output=d, address=address, tracking_uri=tracking_uri,
                                     resume=resume and (d / "study.json").exists()), log=log)
-    return build_comparison(output)
+    path = build_comparison(output)
+    _log_comparison(output, cspec, tracking_uri, path)
+    return path
+
+
+def _log_comparison(output: Path, cspec: CompareSpec, tracking_uri: str | None, markdown: Path) -> None:
+    """One MLflow run (experiment = the comparison's name) holding the report, its tables and
+    figure, and each method's seed-mean scores as metrics."""
+    import pandas as pd
+
+    from study.tracking import StudyTracker
+
+    tracking = tracking_uri or f"sqlite:///{output.resolve() / 'mlflow.db'}"
+    artifacts = None if tracking_uri else (output.resolve() / "mlartifacts").as_uri()
+    tracker = StudyTracker(tracking, cspec.name, artifact_location=artifacts)
+    files = [markdown, output / "comparison.parquet", output / "cam_quality.parquet"]
+    run = tracker.start_parent(run_name=f"{cspec.name}-comparison", tags={},
+                               params={"seeds": cspec.seeds, "samples": cspec.studies[0].samples,
+                                       "studies": [s.name for s in cspec.studies]},
+                               artifacts=[f for f in files if f.is_file()])
+    tracker.client.set_tag(run, "wsss.role", "comparison")
+    for png in sorted((output / "figures").glob("*.png")):
+        tracker.client.log_artifact(run, str(png), artifact_path="figures")
+    quality = pd.read_parquet(output / "cam_quality.parquet")
+    metrics = {}
+    for _, q in quality.iterrows():
+        for col in ("val_miou", "train_cam_miou", "val_cam_miou"):
+            if col in q and pd.notna(q[col]):
+                metrics[f"{q['key']}/{col}"] = float(q[col])
+    tracker.log_metrics(run, metrics)
+    tracker.end(run, "FINISHED")

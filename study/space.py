@@ -157,6 +157,26 @@ def read_document(path: str | Path) -> dict:
     return doc
 
 
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value as YAML, except that numbers YAML 1.1 leaves as strings (``3e-3``,
+    ``1e5``: no dot) are numbers here too.
+
+    Example:
+        >>> parse_value("3e-3"), parse_value("[1, 2]"), parse_value("adam")
+        (0.003, [1, 2], 'adam')
+    """
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
+    return value
+
+
 def apply_override(doc: dict, assignment: str, path: str | Path) -> None:
     """Apply one ``--set KEY=VALUE`` (VALUE parsed as YAML) to the raw document in place.
 
@@ -166,10 +186,7 @@ def apply_override(doc: dict, assignment: str, path: str | Path) -> None:
     if "=" not in assignment:
         raise SpaceError(path, f"--set {assignment}", _MISSING, "expected KEY=VALUE")
     key, raw = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise SpaceError(path, f"--set {assignment}", _MISSING, "empty key")

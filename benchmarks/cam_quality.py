@@ -1,0 +1,145 @@
+"""CAM quality of the baselines on one benchmark: do the published orderings hold here?
+
+Published (VOC train, baselines.md): SEAM's ablation CAM 47.4 < ER 49.9 < ER+PCM 55.1 < +OHEM
+55.4; SC-CAM above CAM (50.9 vs 48.0) and improving over rounds (val 46.8, 48.0, 48.7, 49.6).
+Here every row starts from the same classification checkpoint (SC-CAM's round 0, row "start"),
+trains the same epochs with the same lr and is evaluated the same way (cam_eval.py: CAM mIoU
+on train at the threshold chosen there, that threshold's masks on val). SC-CAM's rows are the
+end of each of its rounds.
+
+    python benchmarks/cam_quality.py --space search_spaces/cam.yaml --seeds 0 1 2 --jobs 2 \
+        --set train.lr=5e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import add_config_args, base_config  # noqa: E402
+
+# key, label, method, overrides (dotted)
+ROWS = [
+    ("start", "start weights (classification checkpoint = SC-CAM round 0)", "start", {}),
+    ("cam", "CAM", "cam", {}),
+    ("seam_er", "SEAM ER", "seam", {"loss.ecr.weight": 0.0, "seam.eval_cams": "cam"}),
+    ("seam_er_pcm", "SEAM ER+PCM", "seam", {"seam.ohem_ratio": 1.0}),
+    ("seam", "SEAM ER+PCM+OHEM", "seam", {}),
+    ("sccam", "SC-CAM, 3 rounds", "sccam", {"sccam.rounds": 3}),
+]
+EXTRA_ROWS = [
+    ("sccam_full", "SC-CAM, 3 full-length rounds (3x the epochs)", "sccam", {"sccam.rounds": 3, "epochs_x": 3}),
+]
+
+
+def _run(method: str, config: dict, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    if method == "start":
+        return {**_start_quality(config), "time/run_s": time.perf_counter() - t0}
+    from trainables.methods import METHODS
+
+    hist = METHODS[method].train(config)
+    rounds = [h for i, h in enumerate(hist) if "train/round" in h
+              and (i + 1 == len(hist) or hist[i + 1]["train/round"] != h["train/round"])]
+    return {**hist[-1], "rounds": [{k: r[k] for k in ("train/round", "train/cam_miou", "val/cam_miou")} for r in rounds],
+            "time/run_s": time.perf_counter() - t0}
+
+
+def _start_quality(config: dict) -> dict:
+    """The shared classification checkpoint's CAMs, evaluated like every row."""
+    import torch
+
+    from trainables.cam_baseline import DEFAULTS, CamBaselineNet
+    from trainables.cam_eval import evaluate_cams
+    from trainables.config import merge
+    from trainables.datasets import load_dataset
+    from trainables.trial import load_start_weights
+
+    cfg = merge(DEFAULTS, config)
+    ds = load_dataset(cfg["data"])
+    net = CamBaselineNet(cfg["model"], ds.num_fg)
+    load_start_weights(net, cfg, ds, torch.device("cpu"))
+    net.eval()
+    return evaluate_cams(lambda z: net(z)["cam_raw"], ds, cfg, torch.device("cpu"))
+
+
+def _prepare(config: dict, threads: int) -> None:
+    import torch
+
+    from trainables.cam_baseline import prepare
+
+    torch.set_num_threads(threads)
+    prepare(config, log=lambda _: None)
+
+
+def _fmt(values: list) -> str:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return "-"
+    return f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1 if len(v) > 1 else 0):.1f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    add_config_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seam-scale", type=float, default=0.5, help="seam.scale for the SEAM rows")
+    p.add_argument("--only", nargs="+", default=None, help=f"row keys: {[r[0] for r in ROWS + EXTRA_ROWS]}")
+    p.add_argument("--out", default=None, help="write every run's metrics to this JSON file")
+    args = p.parse_args()
+    base = base_config(args)
+    rows = [r for r in ROWS + EXTRA_ROWS if (args.only is None and r in ROWS) or (args.only and r[0] in args.only)]
+    t_start = time.perf_counter()
+    results: dict[tuple[str, int], dict] = {}
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        for f in [pool.submit(_prepare, {**base, "train.seed": s}, args.threads) for s in args.seeds]:
+            f.result()
+        futures = {}
+        for key, _, method, over in rows:
+            over = dict(over)
+            mult = over.pop("epochs_x", 1)
+            if method == "seam":
+                over.setdefault("seam.scale", args.seam_scale)
+            for s in args.seeds:
+                cfg = {**base, **over, "train.seed": s, "train.epochs": int(base.get("train.epochs", 6)) * mult}
+                futures[pool.submit(_run, method, cfg, args.threads)] = (key, s)
+        for f in as_completed(futures):
+            key, s = futures[f]
+            results[(key, s)] = r = f.result()
+            print(f"[{time.perf_counter() - t_start:6.0f} s] {key:<12} seed {s}: train CAM "
+                  f"{100 * r['train/cam_miou']:.1f}, val {100 * r['val/cam_miou']:.1f}", flush=True)
+    print(f"\n{len(args.seeds)} seeds {args.seeds}; space {args.space}; overrides "
+          + (", ".join(args.set) or "none") + f"; SEAM scale {args.seam_scale}\n")
+    print("| row | train CAM mIoU | val CAM-mask mIoU | t (train) |")
+    print("|---|---|---|---|")
+    for key, label, _, _ in rows:
+        runs = [results[(key, s)] for s in args.seeds]
+        print(f"| {label} | {_fmt([r['train/cam_miou'] for r in runs])} | {_fmt([r['val/cam_miou'] for r in runs])} "
+              f"| {np.mean([r['train/cam_threshold'] for r in runs]):.2f} |")
+        n_rounds = len(runs[0].get("rounds", []))
+        for i in range(n_rounds if n_rounds > 1 else 0):
+            rr = [r["rounds"][i] for r in runs]
+            print(f"| &nbsp; after round {i + 1} | {_fmt([x['train/cam_miou'] for x in rr])} | "
+                  f"{_fmt([x['val/cam_miou'] for x in rr])} | |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(
+            {"seeds": args.seeds, "overrides": args.set, "space": args.space, "seam_scale": args.seam_scale,
+             "runs": [{"row": k, "seed": s, **{m: v for m, v in r.items() if isinstance(v, (int, float, list))}}
+                      for (k, s), r in sorted(results.items())]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
