@@ -184,6 +184,29 @@ def _figures(study_dir: Path, meta: dict, trials: pd.DataFrame, per_class: pd.Da
     return paths
 
 
+def same_data_rows(study_dir: Path, meta: dict, classes: list[str], split_label: str) -> list[dict]:
+    """Best-trial rows of the SEAM and SC-CAM studies run beside this one in a comparison
+    (``study/compare.py``: sibling folders listed in ``../compare.json``), same data and budget."""
+    cmp_path = study_dir.parent / "compare.json"
+    if not cmp_path.is_file():
+        return []
+    rows = []
+    for m in json.loads(cmp_path.read_text()).get("methods", []):
+        other = study_dir.parent / m["search"]
+        if m["method"] not in ("seam", "sccam") or other == study_dir or not (other / "study.json").is_file():
+            continue
+        ometa, trials, per_class = collect(other)
+        best = best_trial(trials, ometa["mode"])
+        if best is None:
+            continue
+        iou = dict(zip(*per_class[per_class["trial_id"] == best["trial_id"]][["class_name", "iou"]].values.T))
+        label = {"seam": "SEAM", "sccam": "SC-CAM"}[m["method"]]
+        rows.append({"method": f"{label} (best trial of `{m['search']}`)",
+                     "dataset": split_label.replace("(this study)", "(same data and budget)"),
+                     **{c: _pct(iou.get(c)) for c in classes}, "mIoU": _pct(best["miou"])})
+    return rows
+
+
 def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, best: dict | None,
                     importance: pd.DataFrame | str, figures: list[Path], study_dir: Path) -> str:
     """The text of ``report.md``."""
@@ -224,14 +247,15 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
            **{c: _pct(v) for c, v in zip(pc["class_name"], pc["iou"])}, "mIoU": _pct(best["miou"])}
     pub = published_per_class()
     lines += ["## Per-class IoU (%)", ""]
+    own = [own] + same_data_rows(study_dir, meta, classes, split_label)
     if is_voc(classes):
-        table = [own] + [{"method": r["label"], "dataset": PUBLISHED_DATASET,
+        table = own + [{"method": r["label"], "dataset": PUBLISHED_DATASET,
                           **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()]
         lines += [pd.DataFrame(table).to_markdown(index=False), ""]
         lines += ["Published rows were measured with each author's own backbone, budget and pipeline; "
-                  "same-data reruns of the baselines come from their own studies.", ""]
+                  "same-data rows come from the baselines' studies of the same comparison.", ""]
     else:
-        lines += [pd.DataFrame([own]).to_markdown(index=False), ""]
+        lines += [pd.DataFrame(own).to_markdown(index=False), ""]
         lines += [
             f"### Published SEAM and SC-CAM rows ({PUBLISHED_DATASET}): NOT comparable",
             "",

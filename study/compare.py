@@ -175,6 +175,9 @@ def run_comparison(cspec: CompareSpec, output: Path, address: str = "local", tra
             log(f"[wsss-study] === {s.name} ({kind}) -> {d}")
             run_study(s, RunOptions(output=d, address=address, tracking_uri=tracking_uri,
                                     resume=resume and (d / "study.json").exists()), log=log)
+    for spec in cspec.studies:  # each study's report.md now gets the same-data SEAM / SC-CAM rows
+        if (output / spec.name / "study.json").is_file():
+            build_report(output / spec.name)
     path = build_comparison(output)
     _log_comparison(output, cspec, tracking_uri, path)
     return path

@@ -112,6 +112,9 @@ def test_one_command_runs_the_comparison_and_writes_the_report(tmp_path):
     assert "mean ± std (2 seeds)" in md and "### Δ against SEAM" in md and "### Δ against SC-CAM" in md
     assert "NOT comparable" in md and "## CAM quality" in md and "SC-CAM by round" in md
     assert (out / "figures" / "per_class_comparison.png").stat().st_size > 1000
+    # The single-stage study's own report gets the same-data SEAM and SC-CAM rows.
+    own = (out / "tiny-aal" / "report.md").read_text()
+    assert "SEAM (best trial of `tiny-seam`)" in own and "SC-CAM (best trial of `tiny-sccam`)" in own
     table = pd.read_parquet(out / "comparison.parquet")
     assert set(table.columns) == {"method", "row", "class_name", "iou"}
     assert set(table["row"]) == {"best trial", "seed mean", "seed std"}

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, prepare as _prepare, train_cam_method
+from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, train_cam_method
 from trainables.config import merge
+from trainables.trial import prepare_study
 
 DEFAULTS: dict = merge(CAM_METHOD_DEFAULTS, {})
 
@@ -30,4 +31,4 @@ def train(config: dict, reporter=None) -> list[dict]:
 
 def prepare(config: dict, log: Callable[[str], None] = print):
     """Data and the shared classification checkpoint, once per study."""
-    return _prepare(config, DEFAULTS, log)
+    return prepare_study(config, DEFAULTS, log)

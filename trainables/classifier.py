@@ -23,9 +23,8 @@ from trainables import losses
 from trainables.backbones import build_backbone
 from trainables.cam_eval import CAM_EVAL_DEFAULTS, as_segmentation_metrics, evaluate_cams
 from trainables.config import merge
-from trainables.data import SegmentationDataset, TrainBatch, augment_batch
+from trainables.data import TrainBatch, augment_batch
 from trainables.datasets import load_dataset
-from trainables.pretrain import classification_pretrain
 from trainables.pseudo_labels import CrfSettings
 from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
                               TuneReporter, build_optimizer, in_tune_session, load_start_weights, resolve_device,
@@ -124,17 +123,6 @@ def round_epochs(epochs: int, rounds: int) -> list[int]:
     if rounds < 1 or rounds > epochs:
         raise ValueError(f"rounds={rounds}: need 1 <= rounds <= train.epochs ({epochs})")
     return [epochs // rounds + (1 if r < epochs % rounds else 0) for r in range(rounds)]
-
-
-def prepare(config: dict, defaults: dict, log: Callable[[str], None] = print) -> SegmentationDataset:
-    """Run once by the study driver: the data cache and the shared classification checkpoint."""
-    cfg = merge(defaults, config)
-    ds = load_dataset(cfg["data"])
-    if cfg["pretrain"]["enabled"]:
-        if int(cfg["train"]["num_threads"]) > 0:
-            torch.set_num_threads(int(cfg["train"]["num_threads"]))
-        classification_pretrain(cfg, ds, resolve_device(cfg["train"]["device"]), log=log)
-    return ds
 
 
 def train_cam_method(config: dict, recipe: CamRecipe, defaults: dict, reporter: Reporter | None = None) -> list[dict]:

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from trainables import losses
-from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, prepare as _prepare, train_cam_method
+from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, train_cam_method
 from trainables.config import ConfigError, merge
 from trainables.data import SegmentationDataset, TrainBatch, eval_batches
 from trainables.subcategory import subcategory_labels
+from trainables.trial import prepare_study
 
 DEFAULTS: dict = merge(CAM_METHOD_DEFAULTS, {
     # k: sub-categories per class (10 in the paper); feature_norm: "none" (the public code
@@ -111,4 +112,4 @@ def train(config: dict, reporter=None) -> list[dict]:
 
 def prepare(config: dict, log: Callable[[str], None] = print):
     """Data and the shared classification checkpoint, once per study."""
-    return _prepare(config, DEFAULTS, log)
+    return prepare_study(config, DEFAULTS, log)

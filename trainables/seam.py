@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from trainables import losses
-from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, prepare as _prepare, train_cam_method
+from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, train_cam_method
 from trainables.config import ConfigError, merge
 from trainables.data import TrainBatch
 from trainables.seam_losses import (ECR_TARGET_MODES, PixelCorrelation, add_background, downscale, ecr_loss, er_loss,
                                     max_norm, pcm_input)
+from trainables.trial import prepare_study
 
 DEFAULTS: dict = merge(CAM_METHOD_DEFAULTS, {
     # scale: A(I) = bilinear rescale of the crop (0.3 in the paper); eval_cams: "pcm" (the
@@ -133,4 +134,4 @@ def train(config: dict, reporter=None) -> list[dict]:
 
 def prepare(config: dict, log: Callable[[str], None] = print):
     """Data and the shared classification checkpoint, once per study."""
-    return _prepare(config, DEFAULTS, log)
+    return prepare_study(config, DEFAULTS, log)

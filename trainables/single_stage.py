@@ -31,12 +31,11 @@ from trainables.decoupling import decoupled_weights, weighted_balanced_ce_loss
 from trainables.dense_energy import dense_energy_loss
 from trainables.metrics import confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
 from trainables.model import SingleStageNet, frozen_bn_stats
-from trainables.pretrain import classification_pretrain
 from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
 from trainables.reassign import label_reassign_loss
 from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
-                              TuneReporter, build_optimizer, in_tune_session, load_start_weights, resolve_device,
-                              set_lr)
+                              TuneReporter, build_optimizer, in_tune_session, load_start_weights, prepare_study,
+                              resolve_device, set_lr)
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
@@ -283,15 +282,8 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
 
 
 def prepare(config: dict, log: Callable[[str], None] = print) -> SegmentationDataset:
-    """Run once by the study driver before any trial: load (and cache) the data and build the
-    shared classification checkpoint, so concurrent trials never race to create them."""
-    cfg = merge(DEFAULTS, config)
-    ds = load_dataset(cfg["data"])
-    if cfg["pretrain"]["enabled"]:
-        if int(cfg["train"]["num_threads"]) > 0:
-            torch.set_num_threads(int(cfg["train"]["num_threads"]))
-        classification_pretrain(cfg, ds, resolve_device(cfg["train"]["device"]), log=log)
-    return ds
+    """Data and the shared classification checkpoint, once per study (trial.prepare_study)."""
+    return prepare_study(config, DEFAULTS, log)
 
 
 def train(config: dict, reporter: Reporter | None = None) -> list[dict]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
+from trainables.config import merge
 from trainables.data import SegmentationDataset
+from trainables.datasets import load_dataset
 from trainables.pretrain import classification_pretrain
 
 # backbone: small_cnn (width), resnet50/101 (weights: a local file), efficientnet_lite0
@@ -169,3 +172,15 @@ def load_start_weights(model: nn.Module, cfg: dict, ds: SegmentationDataset, dev
     if missing:
         raise RuntimeError(f"classification checkpoint does not fit the model: missing {missing[:5]}")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def prepare_study(config: dict, defaults: dict, log: Callable[[str], None] = print) -> SegmentationDataset:
+    """Run once by the study driver before any trial: load (and cache) the data and build the
+    shared classification checkpoint, so concurrent trials never race to create them."""
+    cfg = merge(defaults, config)
+    ds = load_dataset(cfg["data"])
+    if cfg["pretrain"]["enabled"]:
+        if int(cfg["train"]["num_threads"]) > 0:
+            torch.set_num_threads(int(cfg["train"]["num_threads"]))
+        classification_pretrain(cfg, ds, resolve_device(cfg["train"]["device"]), log=log)
+    return ds
