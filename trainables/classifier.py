@@ -125,6 +125,30 @@ def round_epochs(epochs: int, rounds: int) -> list[int]:
     return [epochs // rounds + (1 if r < epochs % rounds else 0) for r in range(rounds)]
 
 
+def _train_epoch(net: Callable, optimizer: torch.optim.Optimizer, recipe: CamRecipe, split, cfg: dict, state: dict,
+                 rng: np.random.Generator, progress: np.ndarray, bs: int, epoch: int) -> dict[str, float]:
+    """One epoch of steps (``progress``: each step's place in the poly schedule); returns the
+    summed loss terms (train/loss/<term> and train/loss/total)."""
+    t = cfg["train"]
+    order = rng.permutation(len(split))
+    sums: dict[str, float] = {}
+    for step, p in enumerate(progress):
+        set_lr(optimizer, float(p), t["poly_power"])
+        batch = augment_batch(split, order[step * bs : (step + 1) * bs], int(t["crop"]),
+                              (float(t["scale_min"]), float(t["scale_max"])), bool(t["flip"]), rng)
+        terms = recipe.terms(net, batch, cfg, state)
+        loss = sum(float(cfg["loss"][k]["weight"]) * v for k, v in terms.items())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
+                                     + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in [*terms.items(), ("total", loss)]:
+            sums[f"train/loss/{k}"] = sums.get(f"train/loss/{k}", 0.0) + float(v.detach())
+    return sums
+
+
 def train_cam_method(config: dict, recipe: CamRecipe, defaults: dict, reporter: Reporter | None = None) -> list[dict]:
     """Train and evaluate one configuration of a CAM method; returns the per-epoch metrics
     (reported to Ray Tune with checkpoints inside a trial, else to ``reporter``)."""
@@ -170,23 +194,8 @@ def train_cam_method(config: dict, recipe: CamRecipe, defaults: dict, reporter: 
         model.train()
         for epoch in range(epoch, last):
             t0 = time.perf_counter()
-            sums: dict[str, float] = {}
-            order = rng.permutation(len(ds.train))
-            for step in range(steps):
-                set_lr(optimizer, ((epoch - first) * steps + step) / (n_epochs * steps), t["poly_power"])
-                batch = augment_batch(ds.train, order[step * bs : (step + 1) * bs], int(t["crop"]),
-                                      (float(t["scale_min"]), float(t["scale_max"])), bool(t["flip"]), rng)
-                terms = recipe.terms(net, batch, cfg, state)
-                loss = sum(float(cfg["loss"][k]["weight"]) * v for k, v in terms.items())
-                for k, v in terms.items():
-                    sums[f"train/loss/{k}"] = sums.get(f"train/loss/{k}", 0.0) + float(v.detach())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
-                                             + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums["train/loss/total"] = sums.get("train/loss/total", 0.0) + float(loss.detach())
+            progress = ((epoch - first) * steps + np.arange(steps)) / (n_epochs * steps)  # within the round
+            sums = _train_epoch(net, optimizer, recipe, ds.train, cfg, state, rng, progress, bs, epoch)
             elapsed = time.perf_counter() - t0
             metrics = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
                        "train/images_per_s": steps * bs / elapsed, "time/epoch_s": elapsed}
