@@ -85,6 +85,10 @@ def load_compare(path: str | Path, overrides: list[str] | None = None, num_sampl
         raise SpaceError(path, "budget", budget, "must be a mapping")
     if num_samples is not None:
         budget = {**budget, "samples": num_samples}
+    for k, v in budget.items():
+        if k not in ("samples", "concurrency") or isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            key = "--num-samples" if (k == "samples" and num_samples is not None) else f"budget.{k}"
+            raise SpaceError(path, key, v, "budget takes samples and concurrency, whole numbers >= 1")
     shared = [f"{k}={json.dumps(v)}" for k, v in flatten(common).items()]
     shared += [f"budget.{k}={json.dumps(v)}" for k, v in budget.items()]
     specs = []
@@ -92,7 +96,10 @@ def load_compare(path: str | Path, overrides: list[str] | None = None, num_sampl
         p = Path(path).parent / rel
         if not p.is_file():
             raise SpaceError(path, "compare.studies", rel, f"no such search-space file ({p})")
-        specs.append(load_spec(p, shared))
+        try:
+            specs.append(load_spec(p, shared))
+        except SpaceError as e:  # name both files: the comparison and the study it reached
+            raise SpaceError(path, f"compare.studies: {rel}: {e.key}", e.value, e.message) from None
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise SpaceError(path, "compare.studies", names, "two studies share a name")

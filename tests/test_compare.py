@@ -52,7 +52,8 @@ def test_the_comparison_budget_overrides_every_study(tmp_path):
                                           ("compare.studies=[nope.yaml]", "compare.studies"),
                                           ("compare.extra=1", "compare.extra"),
                                           ("budget.samples=0", "budget.samples"),
-                                          ("fixed.train.lr=1", "--set fixed.train.lr=1")])
+                                          ("fixed.train.lr=1", "--set fixed.train.lr=1"),
+                                          ("compare.set.fixed.train.crop=abc", "compare.studies: aal.yaml: fixed.train.crop")])
 def test_bad_comparisons_name_the_key(tmp_path, override, key):
     with pytest.raises(SpaceError) as e:
         load_compare(_write_tiny(tmp_path), [override])
