@@ -61,6 +61,14 @@ def test_without_train_masks_the_configured_threshold_is_used():
     assert m["val/cam_miou"] == pytest.approx(1.0)
 
 
+def test_a_fixed_threshold_when_asked():
+    ds = SegmentationDataset("toy", ["background", "thing"], train=_split(False), val=_split(True))
+    m = evaluate_cams(red_channel_cam, ds, _cfg(cam_threshold_source="fixed", cam_threshold=0.1), torch.device("cpu"))
+    assert "train/cam_miou" not in m and m["train/cam_threshold"] == 0.1 and m["val/cam_miou"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="cam_threshold_source"):
+        evaluate_cams(red_channel_cam, ds, _cfg(cam_threshold_source="val"), torch.device("cpu"))
+
+
 def test_segmentation_metrics_come_from_the_crf_masks_when_it_ran():
     cam = {"val/cam_miou": 0.5, "val/cam_iou/a": 0.4, "val/cam_crf_miou": 0.6, "val/cam_crf_iou/a": 0.7,
            "train/cam_miou": 0.55}
@@ -111,3 +119,17 @@ def test_multiscale_cams_flip_averages_the_mirrored_pass():
     expected = raw / (raw.amax(dim=(2, 3), keepdim=True) + 1e-5)
     torch.testing.assert_close(multiscale_cams(cam_fn, x, labels, [1.0], flip=True), expected)
     assert not torch.allclose(multiscale_cams(cam_fn, x, labels, [1.0]), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["aal", "cam", "seam", "sccam"])
+def test_every_method_checks_the_cam_evaluation_settings(method):
+    from trainables.config import ConfigError
+    from trainables.methods import METHODS
+
+    m = METHODS[method]
+    m.check(m.defaults)
+    for key, value in [("eval.cam_threshold_source", "val"), ("eval.cam_threshold_step", 0.0),
+                       ("eval.cam_threshold", 1.5)]:
+        with pytest.raises(ConfigError) as e:
+            m.check(merge(m.defaults, {key: value}))
+        assert e.value.key == key

@@ -10,8 +10,8 @@ val, so no number is tuned on the data it is reported on. Metrics:
 - ``val/cam_miou`` and ``val/cam_iou/<class>``: val masks at the same t; with ``eval.crf`` also
   ``val/cam_crf_miou`` / ``val/cam_crf_iou/<class>`` after a dense CRF over [t; CAMs].
 
-Without train masks (a user's data with image labels only) the configured
-``eval.cam_threshold`` is used and ``train/cam_miou`` is absent.
+Without train masks (a user's data with image labels only), or with ``eval.cam_threshold_source:
+fixed``, the configured ``eval.cam_threshold`` is used and ``train/cam_miou`` is absent.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from trainables.cam import multiscale_cams
+from trainables.config import ConfigError
 from trainables.data import SegmentationDataset, eval_batches
 from trainables.metrics import CamThresholdSweep, cam_masks, confusion_matrix, mean_iou, per_class_iou
 from trainables.pseudo_labels import CrfSettings, dense_crf
@@ -35,9 +36,23 @@ CAM_EVAL_DEFAULTS: dict = {
     "cam_threshold_max": 0.8,
     # Train images used to choose t: 0 = all; else a fixed subset (the same for every trial).
     "cam_train_images": 0,
-    # Used only when the training split has no masks.
+    # "train": t chosen on the training split (the default, and the only choice that never looks
+    # at val); "fixed": t = cam_threshold, e.g. to search it, which tunes it on val through the
+    # study's objective. cam_threshold is also used when the training split has no masks.
+    "cam_threshold_source": "train",
     "cam_threshold": 0.15,
 }
+
+
+def check_cam_eval(cfg: dict) -> None:
+    """The evaluation settings every CAM-producing method shares, checked before any trial."""
+    e = cfg["eval"]
+    if e["cam_threshold_source"] not in ("train", "fixed"):
+        raise ConfigError("eval.cam_threshold_source", e["cam_threshold_source"], "choose train or fixed")
+    if not float(e["cam_threshold_step"]) > 0:
+        raise ConfigError("eval.cam_threshold_step", e["cam_threshold_step"], "must be positive")
+    if not 0 <= float(e["cam_threshold"]) <= 1:
+        raise ConfigError("eval.cam_threshold", e["cam_threshold"], "must be in [0, 1]")
 
 
 def threshold_grid(step: float, high: float) -> list[float]:
@@ -75,7 +90,10 @@ def evaluate_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], ds: Segmentati
     e = cfg["eval"]
     scales, flip, bs = cfg["cam"]["scales"], bool(e["flip"]), int(e["batch_size"])
     metrics: dict = {}
-    if ds.train.masks is not None:
+    source = str(e["cam_threshold_source"])
+    if source not in ("train", "fixed"):
+        raise ValueError(f"eval.cam_threshold_source={source!r}: choose train or fixed")
+    if source == "train" and ds.train.masks is not None:
         sweep = CamThresholdSweep(ds.num_classes, threshold_grid(float(e["cam_threshold_step"]),
                                                                  float(e["cam_threshold_max"])))
         for _, x, labels, gt in eval_batches(ds.train, bs, train_subset(len(ds.train), int(e["cam_train_images"]))):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from trainables import cam_baseline, sccam, seam, single_stage
+from trainables.cam_eval import check_cam_eval
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,11 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "aal": Method("aal", single_stage.train, single_stage.prepare, single_stage.DEFAULTS,
-                  "single-stage model: CAM -> reliable pseudo labels -> segmentation branch (RRM/AALR)"),
+                  "single-stage model: CAM -> reliable pseudo labels -> segmentation branch (RRM/AALR)",
+                  check_cam_eval),
     "cam": Method("cam", cam_baseline.train, cam_baseline.prepare, cam_baseline.DEFAULTS,
-                  "CAM baseline: classifier + CAM, masks by a background threshold chosen on train"),
+                  "CAM baseline: classifier + CAM, masks by a background threshold chosen on train",
+                  check_cam_eval),
     "seam": Method("seam", seam.train, seam.prepare, seam.DEFAULTS,
                    "SEAM: siamese equivariant regularisation, PCM, equivariant cross regularisation (OHEM)",
                    seam.check),

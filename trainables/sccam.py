@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from trainables import losses
+from trainables.cam_eval import check_cam_eval
 from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, train_cam_method
 from trainables.config import ConfigError, merge
 from trainables.data import SegmentationDataset, TrainBatch, eval_batches
@@ -38,6 +39,7 @@ DEFAULTS: dict = merge(CAM_METHOD_DEFAULTS, {
 
 def check(cfg: dict) -> None:
     """Settings SC-CAM cannot run with, before any trial starts."""
+    check_cam_eval(cfg)
     s, epochs = cfg["sccam"], int(cfg["train"]["epochs"])
     if not 1 <= int(s["rounds"]) <= epochs:
         raise ConfigError("sccam.rounds", s["rounds"], f"must be between 1 and train.epochs ({epochs}): "

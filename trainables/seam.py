@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables import losses
+from trainables.cam_eval import check_cam_eval
 from trainables.classifier import CAM_METHOD_DEFAULTS, CamNet, CamRecipe, train_cam_method
 from trainables.config import ConfigError, merge
 from trainables.data import TrainBatch
@@ -72,6 +73,7 @@ def adaptive_min_pooling_loss(rev: torch.Tensor) -> torch.Tensor:
 
 def check(cfg: dict) -> None:
     """Settings SEAM cannot run with, before any trial starts."""
+    check_cam_eval(cfg)
     s = cfg["seam"]
     if s["ecr_target"] not in ECR_TARGET_MODES:
         raise ConfigError("seam.ecr_target", s["ecr_target"], f"choose one of {', '.join(ECR_TARGET_MODES)}")
