@@ -135,5 +135,5 @@ def test_one_command_runs_the_comparison_and_writes_the_report(tmp_path):
     assert run.data.metrics["cam/val_miou"] == pytest.approx(seeds["miou"].mean())
     # --resume keeps finished studies and rebuilds the report.
     again = subprocess.run([sys.executable, "-m", "study.run", "--space", str(tmp_path / "compare.yaml"), "--output",
-                            str(out), "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            str(out), "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("already complete") == 8, again.stdout[-2000:]
