@@ -22,10 +22,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_config_args, base_config  # noqa: E402
+from common import add_config_args, base_config, mean_std, prepare_checkpoint  # noqa: E402
 
 # Every switch is set in every row, whatever the space's fixed settings say (aal.yaml turns the
 # AALR losses on).
@@ -68,22 +66,6 @@ def _run(config: dict, threads: int) -> dict:
     return {**last, "time/run_s": time.perf_counter() - t0}
 
 
-def _prepare(config: dict, threads: int) -> None:
-    import torch
-
-    from trainables.single_stage import prepare
-
-    torch.set_num_threads(threads)
-    prepare(config, log=lambda _: None)
-
-
-def _fmt(values: list[float]) -> str:
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    if not v:
-        return "-"
-    return f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1 if len(v) > 1 else 0):.1f}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     add_config_args(p)
@@ -100,7 +82,7 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
         # One classification checkpoint per seed, built before any run uses it.
-        for f in [pool.submit(_prepare, {**base, "train.seed": s}, args.threads) for s in args.seeds]:
+        for f in [pool.submit(prepare_checkpoint, "aal", {**base, "train.seed": s}, args.threads) for s in args.seeds]:
             f.result()
         futures = {pool.submit(_run, {**base, **over, "train.seed": s}, args.threads): (key, s)
                    for key, _, over, _ in rows for s in args.seeds}
@@ -117,10 +99,10 @@ def main() -> None:
     for key, label, _, metric in rows:
         runs = [results[(key, s)] for s in args.seeds]
         col = {m: [r.get(m) for r in runs] for m in (metric, *EXTRA)}
-        before, after = _fmt(col["train/reassign/precision_before"]), _fmt(col["train/reassign/precision_after"])
+        before, after = mean_std(col["train/reassign/precision_before"]), mean_std(col["train/reassign/precision_after"])
         moved = "-" if before == "-" else f"{before} -> {after}"
-        print(f"| {label} | {_fmt(col[metric])} | {_fmt(col['train/pseudo/precision'])} | "
-              f"{_fmt(col['train/pseudo/coverage'])} | {_fmt(col['train/reassign/changed'])} | {moved} |")
+        print(f"| {label} | {mean_std(col[metric])} | {mean_std(col['train/pseudo/precision'])} | "
+              f"{mean_std(col['train/pseudo/coverage'])} | {mean_std(col['train/reassign/changed'])} | {moved} |")
     if args.out:
         Path(args.out).write_text(json.dumps(
             {"seeds": args.seeds, "overrides": args.set, "space": args.space,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import add_config_args, base_config  # noqa: E402
+from benchmarks.common import add_config_args, base_config, mean_std, prepare_checkpoint  # noqa: E402
 
 # key, label, method, overrides (dotted)
 ROWS = [
@@ -74,22 +74,6 @@ def _start_quality(config: dict) -> dict:
     return evaluate_cams(lambda z: net(z)["cam_raw"], ds, cfg, torch.device("cpu"))
 
 
-def _prepare(config: dict, threads: int) -> None:
-    import torch
-
-    from trainables.cam_baseline import prepare
-
-    torch.set_num_threads(threads)
-    prepare(config, log=lambda _: None)
-
-
-def _fmt(values: list) -> str:
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    if not v:
-        return "-"
-    return f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1 if len(v) > 1 else 0):.1f}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     add_config_args(p)
@@ -105,7 +89,7 @@ def main() -> None:
     t_start = time.perf_counter()
     results: dict[tuple[str, int], dict] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        for f in [pool.submit(_prepare, {**base, "train.seed": s}, args.threads) for s in args.seeds]:
+        for f in [pool.submit(prepare_checkpoint, "cam", {**base, "train.seed": s}, args.threads) for s in args.seeds]:
             f.result()
         futures = {}
         for key, _, method, over in rows:
@@ -127,13 +111,13 @@ def main() -> None:
     print("|---|---|---|---|")
     for key, label, _, _ in rows:
         runs = [results[(key, s)] for s in args.seeds]
-        print(f"| {label} | {_fmt([r['train/cam_miou'] for r in runs])} | {_fmt([r['val/cam_miou'] for r in runs])} "
+        print(f"| {label} | {mean_std([r['train/cam_miou'] for r in runs])} | {mean_std([r['val/cam_miou'] for r in runs])} "
               f"| {np.mean([r['train/cam_threshold'] for r in runs]):.2f} |")
         n_rounds = len(runs[0].get("rounds", []))
         for i in range(n_rounds if n_rounds > 1 else 0):
             rr = [r["rounds"][i] for r in runs]
-            print(f"| &nbsp; after round {i + 1} | {_fmt([x['train/cam_miou'] for x in rr])} | "
-                  f"{_fmt([x['val/cam_miou'] for x in rr])} | |")
+            print(f"| &nbsp; after round {i + 1} | {mean_std([x['train/cam_miou'] for x in rr])} | "
+                  f"{mean_std([x['val/cam_miou'] for x in rr])} | |")
     if args.out:
         Path(args.out).write_text(json.dumps(
             {"seeds": args.seeds, "overrides": args.set, "space": args.space, "seam_scale": args.seam_scale,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from study.space import load_spec, parse_value
 
 
@@ -36,3 +38,27 @@ def base_config(args: argparse.Namespace) -> dict:
     if args.epochs:
         base = {**base, "train.epochs": args.epochs}
     return base
+
+
+def prepare_checkpoint(method: str, config: dict, threads: int) -> None:
+    """Data and the classification checkpoint of ``config`` (run in a worker before the runs
+    that share them, so that none of them trains it twice)."""
+    import torch
+
+    from trainables.methods import METHODS
+
+    torch.set_num_threads(threads)
+    METHODS[method].prepare(config, log=lambda _: None)
+
+
+def mean_std(values: list) -> str:
+    """Percent "mean ± std" of the finite values (sample std), or "-".
+
+    Example:
+        >>> mean_std([0.5, 0.7, None])
+        '60.0 ± 14.1'
+    """
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return "-"
+    return f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1 if len(v) > 1 else 0):.1f}"

@@ -91,14 +91,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from study.runner import RunOptions, StudyExistsError, plan_text, run_study
 
-    _quiet_libraries()
-
     output = Path(args.output) if args.output else Path("studies") / spec.name
     opts = RunOptions(output=output, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume)
     if args.dry_run:
         print(plan_text(spec, opts))
         print("dry run: the search space and data are valid; nothing was run")
         return EXIT_OK
+    _quiet_libraries()
 
     try:
         summary = run_study(spec, opts)

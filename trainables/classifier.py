@@ -27,8 +27,7 @@ from trainables.data import TrainBatch, augment_batch
 from trainables.datasets import load_dataset
 from trainables.pseudo_labels import CrfSettings
 from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
-                              TuneReporter, build_optimizer, in_tune_session, load_start_weights, resolve_device,
-                              set_lr)
+                              build_optimizer, load_start_weights, set_lr, start_trial)
 
 # Settings every CAM method accepts; each method module adds its own section and loss terms.
 CAM_METHOD_DEFAULTS: dict = {
@@ -153,12 +152,8 @@ def train_cam_method(config: dict, recipe: CamRecipe, defaults: dict, reporter: 
     """Train and evaluate one configuration of a CAM method; returns the per-epoch metrics
     (reported to Ray Tune with checkpoints inside a trial, else to ``reporter``)."""
     cfg = merge(defaults, config)
-    if reporter is None:
-        reporter = TuneReporter() if in_tune_session() else Reporter()
+    reporter, device = start_trial(cfg, reporter)
     t = cfg["train"]
-    if int(t["num_threads"]) > 0:
-        torch.set_num_threads(int(t["num_threads"]))
-    device = resolve_device(t["device"])
     ds = load_dataset(cfg["data"])
     plan = round_epochs(int(t["epochs"]), int(recipe.rounds(cfg)))
     bs = min(int(t["batch_size"]), len(ds.train))

@@ -34,8 +34,7 @@ from trainables.model import SingleStageNet, frozen_bn_stats
 from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
 from trainables.reassign import label_reassign_loss
 from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
-                              TuneReporter, build_optimizer, in_tune_session, load_start_weights, prepare_study,
-                              resolve_device, set_lr)
+                              build_optimizer, load_start_weights, prepare_study, set_lr, start_trial)
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
@@ -299,12 +298,8 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
         ['epoch', 'time/epoch_s', 'train/images_per_s']
     """
     cfg = merge(DEFAULTS, config)
-    if reporter is None:
-        reporter = TuneReporter() if in_tune_session() else Reporter()
+    reporter, device = start_trial(cfg, reporter)
     t = cfg["train"]
-    if int(t["num_threads"]) > 0:
-        torch.set_num_threads(int(t["num_threads"]))
-    device = resolve_device(t["device"])
     torch.manual_seed(int(t["seed"]))
     rng = np.random.default_rng(int(t["seed"]))
 

@@ -152,6 +152,17 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer={t['optimizer']!r}: choose sgd or adam")
 
 
+def start_trial(cfg: dict, reporter: Reporter | None) -> tuple[Reporter, torch.device]:
+    """What every trainable does first: the reporter (Ray Tune's inside a trial, else a plain
+    one), torch threads (``train.num_threads`` > 0) and the device."""
+    if reporter is None:
+        reporter = TuneReporter() if in_tune_session() else Reporter()
+    t = cfg["train"]
+    if int(t["num_threads"]) > 0:
+        torch.set_num_threads(int(t["num_threads"]))
+    return reporter, resolve_device(t["device"])
+
+
 def set_lr(optimizer: torch.optim.Optimizer, progress: float, power: float) -> None:
     """Every group at its ``base_lr`` decayed by :func:`poly_lr`."""
     for g in optimizer.param_groups:
