@@ -167,3 +167,20 @@ def test_pseudo_label_quality_all_ignored():
     pseudo = torch.full((2, 3), IGN)
     gt = torch.tensor([[0, 1, 2], [IGN, IGN, 1]])
     assert pseudo_label_quality(pseudo, gt) == (0, 0, 4)
+
+
+def test_cam_threshold_sweep_equals_masking_once_per_threshold():
+    # Random CAMs with exact ties at thresholds (0.3 and 0.0) and ignored pixels: the one-pass
+    # count must give, for every threshold, the confusion matrix of cam_masks at that threshold.
+    torch.manual_seed(0)
+    cams = torch.rand(3, 4, 9, 7)
+    cams[0, :, :2] = 0.0
+    cams[1, :, 0] = 0.3
+    gt = torch.randint(0, 5, (3, 9, 7))
+    gt[2, :3] = IGN
+    thresholds = [0.0, 0.1, 0.3, 0.5, 0.8]
+    sweep = CamThresholdSweep(5, thresholds)
+    sweep.update(cams, gt)
+    sweep.update(cams, gt)
+    expected = np.stack([confusion_matrix(m, gt, 5) for m in cam_masks(cams, thresholds)])
+    np.testing.assert_array_equal(sweep.conf, 2 * expected)

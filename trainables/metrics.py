@@ -64,18 +64,36 @@ def cam_masks(cams: torch.Tensor, thresholds: torch.Tensor | list[float]) -> tor
 
 class CamThresholdSweep:
     """Accumulates one confusion matrix per background threshold, to report CAM mIoU at the
-    best threshold (spec §5: t swept over 0.00-0.60)."""
+    best threshold (spec §5: t swept over 0.00-0.60).
+
+    One pass per batch serves every threshold: a pixel whose best CAM is m goes to its arg-max
+    class at every t < m and to background otherwise (:func:`cam_masks`), so counting pixels by
+    (ground truth, arg-max class, number of thresholds below m) and taking cumulative sums gives
+    all T confusion matrices (T times fewer passes than masking once per threshold).
+    """
 
     def __init__(self, num_classes: int, thresholds: list[float] | None = None):
-        self.thresholds = list(thresholds if thresholds is not None else np.round(np.arange(0.0, 0.601, 0.05), 2))
+        self.thresholds = sorted(thresholds if thresholds is not None else np.round(np.arange(0.0, 0.601, 0.05), 2))
         self.conf = np.zeros((len(self.thresholds), num_classes, num_classes), dtype=np.int64)
         self.num_classes = num_classes
 
-    def update(self, cams: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, cams: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> None:
         """Add a batch of normalised CAMs (B, C_fg, H, W) and targets (B, H, W)."""
-        masks = cam_masks(cams, self.thresholds)
-        for k in range(len(self.thresholds)):
-            self.conf[k] += confusion_matrix(masks[k], target, self.num_classes)
+        n, t_count = self.num_classes, len(self.thresholds)
+        best_fg, arg_fg = cams.max(dim=1)
+        below = torch.searchsorted(torch.as_tensor(self.thresholds, dtype=cams.dtype, device=cams.device),
+                                   best_fg.contiguous(), right=False)  # thresholds t < m: fg there
+        gt = torch.as_tensor(target, device=cams.device).long().reshape(-1)
+        keep = (gt != ignore_index) & (gt >= 0) & (gt < n)
+        pred = (arg_fg.reshape(-1) + 1).clamp_max(n - 1)
+        idx = (gt[keep] * n + pred[keep]) * (t_count + 1) + below.reshape(-1)[keep]
+        hist = torch.bincount(idx, minlength=n * n * (t_count + 1)).reshape(n, n, t_count + 1).cpu().numpy()
+        # Threshold k predicts the arg-max class where more than k thresholds lie below m.
+        fg = np.flip(np.cumsum(np.flip(hist, axis=2), axis=2), axis=2)[:, :, 1:]  # sum over b > k
+        conf = np.moveaxis(fg, 2, 0).copy()  # (T, gt, pred)
+        conf[:, :, 0] = 0
+        conf[:, :, 0] = hist.sum(axis=(1, 2))[None, :] - conf.sum(axis=2)
+        self.conf += conf
 
     def best(self) -> tuple[float, float, np.ndarray]:
         """(best mIoU, its threshold, its per-class IoU)."""
