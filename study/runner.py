@@ -63,6 +63,7 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
         f"study      {spec.name}  ({spec.path})",
         f"method     {spec.method}: {method.summary}",
         "data       " + ", ".join(f"{k}={v}" for k, v in spec.data.items()),
+        *([f"           {spec.data_summary}"] if spec.data_summary else []),
         f"budget     {spec.samples} trials, at most {spec.concurrency} at once, {spec.epochs} epochs each",
         ("searcher   grid: every combination of the choices once (Ray Tune grid search)" if spec.sampler == "grid"
          else f"searcher   optuna {spec.sampler} (seed {spec.seed}), study stored in {opts.output / 'optuna.db'}"),

@@ -34,17 +34,21 @@ import yaml
 
 from trainables.methods import METHODS
 from trainables.config import ConfigError, check_keys, flatten, merge, unflatten
-from trainables.datasets import check_data_spec
+from trainables.backbones import BackboneError, check_backbone_weights
+from trainables.datasets import PATH_KEYS, check_data_spec
 
 
 class SpaceError(ValueError):
     """Bad input: names the file, the key and the value. ``str()`` is the one-line message."""
 
-    def __init__(self, path: str | Path, key: str, value: Any, message: str):
+    def __init__(self, path: str | Path, key: str, value: Any, message: str, details: tuple | list = ()):
         self.path, self.key, self.value, self.message = str(path), key, value, message
+        self.details = list(details)
         shown = "" if value is _MISSING else f" (got {value!r})"
         line = f"{self.path}: {key}: {message}{shown}"
-        super().__init__(line.replace("\r", "\\r").replace("\n", "\\n"))
+        # One message: the line, then (for a dataset's problems) one indented line per problem.
+        lines = [line, *(f"  - {d}" for d in self.details)]
+        super().__init__("\n".join(x.replace("\r", "\\r").replace("\n", "\\n") for x in lines))
 
 
 _MISSING = object()
@@ -98,6 +102,7 @@ class StudySpec:
     max_failures: int
     description: str = ""
     document: dict = field(default_factory=dict)
+    data_summary: str = ""
 
     @property
     def epochs(self) -> int:
@@ -347,12 +352,14 @@ def parse_document(doc: dict, path: str | Path) -> StudySpec:
 
     data = _mapping(path, "data", doc.get("data", {"name": "synthetic"}))
     data = {"name": "synthetic", **data}
-    try:
-        check_data_spec(data)
-    except ConfigError as e:
-        raise SpaceError(path, e.key, e.value, e.message) from None
+    for key in PATH_KEYS:  # trials run in their own working directories: make paths absolute
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = str(Path(data[key]).expanduser().absolute())
 
     fixed = _normalise_fixed(path, doc.get("fixed"))
+    weights = fixed.get("model", {}).get("weights") if isinstance(fixed.get("model"), dict) else None
+    if isinstance(weights, str) and weights.lower() not in ("", "none", "packaged"):
+        fixed["model"]["weights"] = str(Path(weights).expanduser().absolute())
     if "data" in fixed:
         raise SpaceError(path, "fixed.data", fixed["data"], "set data under the top-level 'data' key")
     try:
@@ -431,6 +438,16 @@ def parse_document(doc: dict, path: str | Path) -> StudySpec:
     if scheduler["type"] == "asha" and scheduler["grace_period"] > spec.epochs:
         raise SpaceError(path, "scheduler.grace_period", scheduler["grace_period"],
                          f"exceeds train.epochs ({spec.epochs})")
+    # Last, as it may read every file of a dataset (cached): the data and the backbone weights.
+    try:
+        spec.data_summary = check_data_spec(data)
+    except ConfigError as e:
+        raise SpaceError(path, e.key, e.value, e.message, getattr(e, "details", ())) from None
+    model = merge(METHODS[method].defaults, spec.fixed).get("model", {})
+    try:
+        check_backbone_weights(model)
+    except BackboneError as e:
+        raise SpaceError(path, f"fixed.{e.key}", e.value, e.message) from None
     spec.fixed = merge(spec.fixed, {"train": {"seed": seed}}) if "seed" not in fixed.get("train", {}) else spec.fixed
     return spec
 

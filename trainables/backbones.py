@@ -279,3 +279,14 @@ def build_backbone(cfg: dict) -> nn.Module:
     if name not in BACKBONES:
         raise BackboneError("model.backbone", name, f"unknown backbone; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name](cfg)
+
+
+def check_backbone_weights(cfg: dict) -> None:
+    """Before any trial: a weights file named in ``cfg`` (``model.weights``) exists and fits the
+    backbone. Builds the backbone on the CPU (a second or two for ResNet-101); raises
+    :class:`BackboneError`. Packaged or no weights need no check."""
+    name, weights = cfg.get("backbone"), cfg.get("weights")
+    if name not in BACKBONES:
+        raise BackboneError("model.backbone", name, f"unknown backbone; choose one of {sorted(BACKBONES)}")
+    if isinstance(weights, str) and weights.lower() not in ("", "none", "packaged"):
+        build_backbone(cfg)

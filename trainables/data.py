@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,15 +33,23 @@ def cache_dir() -> Path:
 @dataclass
 class Split:
     """One split: ``images[i]`` (H, W, 3) uint8, ``masks[i]`` (H, W) uint8 or None,
-    ``labels[i]`` (C_fg,) float32 multi-hot of the foreground classes present."""
+    ``labels[i]`` (C_fg,) float32 multi-hot of the foreground classes present. ``images`` and
+    ``masks`` are lists in memory (synthetic data) or lazy sequences that decode files on access
+    (:class:`~trainables.imagefiles.ImageFiles`, real datasets)."""
 
     ids: list[str]
-    images: list[np.ndarray]
+    images: Sequence[np.ndarray]
     labels: np.ndarray
-    masks: list[np.ndarray] | None = None
+    masks: Sequence[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def size(self, i: int) -> tuple[int, int]:
+        """(H, W) of image ``i`` without decoding it (lazy splits know it from the scan)."""
+        if hasattr(self.images, "size"):
+            return self.images.size(i)
+        return tuple(self.images[i].shape[:2])
 
 
 @dataclass
@@ -147,7 +156,7 @@ def eval_batches(split: Split, batch_size: int, indices: list[int] | np.ndarray 
     Images of different sizes (real datasets) are grouped by size first."""
     by_size: dict[tuple, list[int]] = {}
     for i in (range(len(split)) if indices is None else indices):
-        by_size.setdefault(split.images[int(i)].shape[:2], []).append(int(i))
+        by_size.setdefault(split.size(int(i)), []).append(int(i))
     for idx in by_size.values():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
