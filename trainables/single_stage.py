@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -29,11 +30,12 @@ from trainables.data import IGNORE_INDEX, SegmentationDataset, TrainBatch, augme
 from trainables.datasets import load_dataset
 from trainables.decoupling import decoupled_weights, weighted_balanced_ce_loss
 from trainables.dense_energy import dense_energy_loss
+from trainables.imagefiles import write_palette_png
 from trainables.metrics import confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
 from trainables.model import SingleStageNet, frozen_bn_stats
 from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
 from trainables.reassign import label_reassign_loss
-from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
+from trainables.trial import (MODEL_DEFAULTS, trial_dir, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
                               build_optimizer, load_start_weights, prepare_study, set_lr, start_trial)
 
 DEFAULTS: dict = {
@@ -83,7 +85,10 @@ DEFAULTS: dict = {
     # ``scales`` / ``flip``: multi-scale + flip inference, the softmax averaged over every pass.
     # ``cam_quality``: also evaluate the model's own CAMs as a CAM method is (cam_eval.py: t chosen
     # on train, val masks at that t), so its CAM row compares with the baselines'.
+    # ``save_predictions``: the last evaluation writes every val prediction as a VOC-palette PNG,
+    # predictions/<image id>.png in the trial's folder (trial.trial_dir()).
     "eval": {"batch_size": 32, "every": 1, "crf": False, "scales": [1.0], "flip": False, "cam_quality": True,
+             "save_predictions": False,
              **CAM_EVAL_DEFAULTS, **{f.name: f.default for f in fields(CrfSettings)}},
 }
 
@@ -248,10 +253,13 @@ def segment_probs(model: SingleStageNet, x: torch.Tensor, scales: list[float] = 
 
 
 @torch.no_grad()
-def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device) -> dict:
-    """Segmentation mIoU on val (seg head argmax at full resolution, optionally refined by a
-    test-time dense CRF) and, with ``eval.cam_quality``, the model's CAMs evaluated as every CAM
-    method is (:func:`trainables.cam_eval.evaluate_cams`; the CAM masks never get the CRF here)."""
+def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device,
+             save_dir: Path | None = None) -> dict:
+    """Segmentation mIoU on val (seg head argmax on whole images at full resolution, optionally
+    multi-scale + flip and refined by a test-time dense CRF) and, with ``eval.cam_quality``, the
+    model's CAMs evaluated as every CAM method is (:func:`trainables.cam_eval.evaluate_cams`;
+    the CAM masks never get the CRF here). With ``save_dir``, each prediction (after the CRF, if
+    any) is written there as ``<image id>.png`` with the VOC palette."""
     model.eval()
     net = Float32Net(model, str(cfg["train"]["autocast"]), device)
     crf = CrfSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
@@ -268,6 +276,9 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
             pred = torch.from_numpy(np.stack([dense_crf(ds.val.images[i], probs_np[j], crf).argmax(0)
                                               for j, i in enumerate(chunk)])).to(device)
         conf += confusion_matrix(pred, gt, ds.num_classes)
+        if save_dir is not None:
+            for j, i in enumerate(chunk):
+                write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", pred[j].to(torch.uint8).cpu().numpy())
     metrics = {"val/miou": mean_iou(conf)}
     if crf is not None:
         metrics["val/miou_nocrf"] = mean_iou(conf_raw)
@@ -416,7 +427,8 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
             # Every report carries val/* (ASHA and the searcher read the metric each time): between
             # evaluations the last values are repeated.
             if last or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
-                metrics.update(evaluate(model, ds, cfg, device))
+                save = trial_dir() / "predictions" if last and cfg["eval"]["save_predictions"] else None
+                metrics.update(evaluate(model, ds, cfg, device, save))
             else:
                 metrics.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
             ckpt = None

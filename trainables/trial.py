@@ -152,6 +152,15 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer={t['optimizer']!r}: choose sgd or adam")
 
 
+def trial_dir() -> Path:
+    """The trial's own folder: Ray Tune's trial directory inside a trial, else the working one."""
+    if in_tune_session():
+        from ray import tune
+
+        return Path(tune.get_context().get_trial_dir())
+    return Path.cwd()
+
+
 def start_trial(cfg: dict, reporter: Reporter | None) -> tuple[Reporter, torch.device]:
     """What every trainable does first: the reporter (Ray Tune's inside a trial, else a plain
     one), torch threads (``train.num_threads`` > 0) and the device."""
