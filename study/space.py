@@ -123,7 +123,18 @@ class StudySpec:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one) and takes
+    only true/false as booleans, as YAML 1.2 does: YAML 1.1 also reads on/off/yes/no as
+    booleans, which turns ``autocast: off`` or ``--set ...=no`` into False for a string setting."""
+
+
+# YAML 1.2 booleans: drop PyYAML's 1.1 bool resolver and add one for true/false only.
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -171,7 +182,7 @@ def parse_value(raw: str) -> Any:
         (0.003, [1, 2], 'adam')
     """
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
     except yaml.YAMLError:
         return raw
     if isinstance(value, str):
