@@ -187,3 +187,20 @@ def test_per_class_iou_on_the_real_image_by_hand():
     assert d > 100
     assert iou[15] == pytest.approx(counts[15] / (counts[15] + d))
     assert iou[0] == pytest.approx((counts[0] - d) / counts[0])
+
+
+def test_cam_method_writes_its_val_masks_as_palette_pngs(voc, tmp_path, monkeypatch):
+    from trainables.methods import METHODS
+
+    monkeypatch.chdir(tmp_path)  # outside Ray Tune the trial's folder is the working one
+    hist = METHODS["cam"].train({
+        "data": {"name": "voc", "root": str(voc["root"]), "train_split": "train"},
+        "model": {"backbone": "small_cnn", "width": 8}, "pretrain": {"enabled": False},
+        "train": {"epochs": 1, "batch_size": 3, "crop": 32}, "eval": {"save_predictions": True, "cam_quality": True}})
+    written = {p.stem: p for p in (tmp_path / "predictions").glob("*.png")}
+    assert sorted(written) == sorted(voc["val"])
+    real = Image.open(written[REAL_ID])
+    assert real.mode == "P" and real.size == (500, 375)
+    # a CAM mask only holds background and the image's own classes
+    assert set(np.unique(np.asarray(real))) <= {0, 5, 9, 11, 15}
+    assert 0 <= hist[-1]["val/miou"] <= 1

@@ -16,6 +16,7 @@ fixed``, the configured ``eval.cam_threshold`` is used and ``train/cam_miou`` is
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from trainables.cam import multiscale_cams
 from trainables.config import ConfigError
 from trainables.data import SegmentationDataset, eval_batches
+from trainables.imagefiles import write_palette_png
 from trainables.metrics import CamThresholdSweep, cam_masks, confusion_matrix, mean_iou, per_class_iou
 from trainables.pseudo_labels import CrfSettings, dense_crf
 
@@ -41,6 +43,9 @@ CAM_EVAL_DEFAULTS: dict = {
     # study's objective. cam_threshold is also used when the training split has no masks.
     "cam_threshold_source": "train",
     "cam_threshold": 0.15,
+    # The last evaluation writes each val prediction (a CAM method's: its CAM mask) as a
+    # VOC-palette PNG, predictions/<image id>.png in the trial's folder (trial.trial_dir()).
+    "save_predictions": False,
 }
 
 
@@ -84,9 +89,10 @@ def crf_cam_mask(rgb: np.ndarray, cams: np.ndarray, labels: np.ndarray, t: float
 
 @torch.no_grad()
 def evaluate_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], ds: SegmentationDataset, cfg: dict,
-                  device: torch.device) -> dict:
+                  device: torch.device, save_dir: Path | None = None) -> dict:
     """Choose t on train, apply it to val; ``cam_fn`` maps a normalised image batch to raw CAMs
-    (B, C_fg, h, w). Multi-scale (``cam.scales``) and ``eval.flip`` as configured."""
+    (B, C_fg, h, w). Multi-scale (``cam.scales``) and ``eval.flip`` as configured. With
+    ``save_dir``, each val mask (after the CRF, if any) is written there as a VOC-palette PNG."""
     e = cfg["eval"]
     scales, flip, bs = cfg["cam"]["scales"], bool(e["flip"]), int(e["batch_size"])
     metrics: dict = {}
@@ -108,12 +114,17 @@ def evaluate_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], ds: Segmentati
     conf_crf = np.zeros_like(conf)
     for idx, x, labels, gt in eval_batches(ds.val, bs):
         cams = multiscale_cams(cam_fn, x.to(device), labels.to(device), scales, flip=flip)
-        conf += confusion_matrix(cam_masks(cams, [t])[0], gt, ds.num_classes)
+        masks = cam_masks(cams, [t])[0]
+        conf += confusion_matrix(masks, gt, ds.num_classes)
         if crf is not None:
             cams_np, labels_np = cams.float().cpu().numpy(), labels.numpy()
             masks = np.stack([crf_cam_mask(ds.val.images[i], cams_np[j], labels_np[j], t, crf)
                               for j, i in enumerate(idx)])
             conf_crf += confusion_matrix(masks, gt, ds.num_classes)
+        if save_dir is not None:
+            for j, i in enumerate(idx):
+                write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", np.asarray(masks[j].cpu() if
+                                  torch.is_tensor(masks) else masks[j], dtype=np.uint8))
     _add_iou(metrics, "val/cam", conf, ds.class_names)
     if crf is not None:
         _add_iou(metrics, "val/cam_crf", conf_crf, ds.class_names)

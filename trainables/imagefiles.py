@@ -85,7 +85,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB (grey, palette and RGBA images converted; EXIF rotation is not
     applied, as VOC's tools do not apply it and masks follow the stored pixel grid)."""
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.array(img.convert("RGB"))  # a writable copy (torch.from_numpy warns otherwise)
 
 
 def _mask_array(img: Image.Image) -> np.ndarray:
@@ -93,7 +93,7 @@ def _mask_array(img: Image.Image) -> np.ndarray:
     greyscale PNG's values (SegmentationClassAug). Colour (RGB) masks are refused: their colours
     would have to be mapped back through a palette, which is ambiguous."""
     if img.mode in ("P", "L"):
-        return np.asarray(img)
+        return np.array(img)
     if img.mode in ("I;16", "I", "I;16B"):
         arr = np.asarray(img)
         if arr.size and (arr.min() < 0 or arr.max() > 255):

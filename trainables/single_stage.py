@@ -85,10 +85,8 @@ DEFAULTS: dict = {
     # ``scales`` / ``flip``: multi-scale + flip inference, the softmax averaged over every pass.
     # ``cam_quality``: also evaluate the model's own CAMs as a CAM method is (cam_eval.py: t chosen
     # on train, val masks at that t), so its CAM row compares with the baselines'.
-    # ``save_predictions``: the last evaluation writes every val prediction as a VOC-palette PNG,
-    # predictions/<image id>.png in the trial's folder (trial.trial_dir()).
+    # ``save_predictions`` (cam_eval.py): the last evaluation writes the seg head's predictions.
     "eval": {"batch_size": 32, "every": 1, "crf": False, "scales": [1.0], "flip": False, "cam_quality": True,
-             "save_predictions": False,
              **CAM_EVAL_DEFAULTS, **{f.name: f.default for f in fields(CrfSettings)}},
 }
 
