@@ -20,7 +20,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def base_config(args: argparse.Namespace) -> dict:
     """The trainable config the arguments describe (dotted keys over the space's fixed part)."""
-    spec = load_spec(args.space)
+    # data.* is the study's data section (validated with the spec: a VOC root, for one)
+    spec = load_spec(args.space, [s for s in args.set if s.startswith("data.")])
     base = spec.trainable_config()
     if args.study:
         import pandas as pd
@@ -33,6 +34,8 @@ def base_config(args: argparse.Namespace) -> dict:
               + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
         base = {**base, **params}
     for item in args.set:
+        if item.startswith("data."):
+            continue
         key, _, value = item.partition("=")
         base = {**base, key: parse_value(value)}
     if args.epochs:

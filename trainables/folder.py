@@ -162,7 +162,7 @@ def load_folder(spec: dict) -> SegmentationDataset:
     labels = {i: records[i][0] for i in ids}
     train_masks = all(i in masks for i in train_ids)
     train_items = [Item(i, images[i], masks[i] if train_masks else None) for i in train_ids]
-    val_items = [Item(i, images[i], masks.get(i, root / "masks" / f"{i}.png")) for i in val_ids]
+    val_items = [Item(i, images[i], masks.get(i)) for i in val_ids]  # a missing one is reported above
     train = build_split("train", train_items, class_names, root, labels, problems)
     val = build_split("val", val_items, class_names, root, labels, problems)
     if problems:

@@ -29,7 +29,7 @@ from trainables.config import ConfigError
 from trainables.data import IGNORE_INDEX, cache_dir
 
 # Bump when what the scan records or checks changes: it is part of the cache key.
-SCAN_VERSION = 1
+SCAN_VERSION = 2
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # How many problems a message lists before "... and N more".
 SHOWN_PROBLEMS = 10
@@ -139,11 +139,13 @@ class Item:
 
 @dataclass
 class ScanResult:
-    """Per item: ``sizes`` (N, 2) as (H, W) and ``present`` (N, num_classes) bool, the classes
-    found in its mask (all False without a mask); ``problems``: "file: what" strings."""
+    """Per item: ``sizes`` (N, 2) as (H, W), ``present`` (N, num_classes) bool, the classes
+    found in its mask (all False without a mask), and ``broken`` (N,) bool, items with a
+    problem; ``problems``: "file: what" strings."""
 
     sizes: np.ndarray
     present: np.ndarray
+    broken: np.ndarray
     problems: list[str] = field(default_factory=list)
 
 
@@ -228,20 +230,21 @@ def scan(items: list[Item], num_classes: int, root: Path | None = None, what: st
     if path.exists():
         try:
             with np.load(path) as z:
-                return ScanResult(z["sizes"], z["present"], json.loads(str(z["problems"])))
+                return ScanResult(z["sizes"], z["present"], z["broken"], json.loads(str(z["problems"])))
         except Exception:  # a damaged cache entry is rescanned, never trusted
             path.unlink(missing_ok=True)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     n = len(items)
     sizes = np.zeros((n, 2), dtype=np.int32)
     present = np.zeros((n, num_classes), dtype=bool)
+    broken = np.zeros(n, dtype=bool)
     problems: list[str] = []
     workers = workers or min(8, os.cpu_count() or 1)
     t0 = last = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         for i, (size, pres, probs) in enumerate(pool.map(lambda it: _check_item(it, num_classes, root), items,
                                                          chunksize=16)):
-            sizes[i], present[i] = size, pres
+            sizes[i], present[i], broken[i] = size, pres, bool(probs)
             problems.extend(probs)
             now = time.monotonic()
             if now - last > 5 and i + 1 < n:
@@ -251,9 +254,9 @@ def scan(items: list[Item], num_classes: int, root: Path | None = None, what: st
         log(f"[wsss-study] checked {n:,} {what} in {time.monotonic() - t0:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, sizes=sizes, present=present, problems=np.array(json.dumps(problems)))
+    np.savez(tmp, sizes=sizes, present=present, broken=broken, problems=np.array(json.dumps(problems)))
     os.replace(tmp, path)
-    return ScanResult(sizes, present, problems)
+    return ScanResult(sizes, present, broken, problems)
 
 
 def parse_class_list(text: str) -> list[str]:

@@ -75,10 +75,12 @@ def check_spec(spec: dict, defaults: dict = DEFAULTS, what: str = "VOC") -> dict
 def resolve_root(root: str) -> Path:
     """``root`` itself when it holds JPEGImages, else VOC2012 (or VOCdevkit/VOC2012) below it."""
     p = Path(root).expanduser()
-    for cand in (p, p / "VOC2012", p / "VOCdevkit" / "VOC2012"):
+    candidates = (p, p / "VOC2012", p / "VOCdevkit" / "VOC2012")
+    for cand in candidates:
         if (cand / "JPEGImages").is_dir():
             return cand
-    return p
+    # none complete: the VOC2012 folder that is there, so problems name the right place
+    return next((c for c in candidates[1:] if c.is_dir()), p)
 
 
 def read_id_list(path: Path) -> tuple[list[str], list[str]]:
@@ -162,7 +164,8 @@ def build_split(name: str, items: list[Item], class_names: list[str], root: Path
                 problems.append(f"{it.id}: no image-level labels in the label file")
     source = "its mask" if labels_from is None else "the label file"
     for i, it in enumerate(items):
-        if not labels[i].any() and (labels_from is None or it.id in labels_from):
+        # an item whose files already have a problem is not also reported as unlabelled
+        if not labels[i].any() and not result.broken[i] and (labels_from is None or it.id in labels_from):
             problems.append(f"{it.id}: no foreground class in {source} (an image-level label needs at least one)")
     has_masks = all(it.mask is not None for it in items)
     return Split(
@@ -208,6 +211,9 @@ def load_voc(spec: dict) -> SegmentationDataset:
     def list_ids(split: str, explicit: str, limit: int) -> list[str]:
         if explicit:
             path = _relative(root, explicit)
+            if not path.is_file():
+                problems.append(f"{_show(path, root)}: list file missing (data.train_list)")
+                return []
         else:
             path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
             if split == "train_aug" and not path.is_file():
