@@ -3,6 +3,8 @@ implementation on the packaged ImageNet weights, and clear errors for bad weight
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -88,3 +90,50 @@ def test_single_stage_net_on_lite0_gives_cams_at_backbone_stride():
     assert out["cam_raw"].shape == (2, 6, 8, 8)
     assert out["seg"].shape == (2, 7, 8, 8)
     assert torch.allclose(out["logits"], out["cam_raw"].mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def resnet50_file(tmp_path_factory):
+    """A torchvision ResNet-50 state dict as torchvision saves its ImageNet weights (random values:
+    no weights are downloaded), with its fc layer."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet50-test.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+def test_resnet_weights_load_from_a_local_file(resnet50_file):
+    net = build_backbone({"backbone": "resnet50", "weights": str(resnet50_file)})
+    state = torch.load(resnet50_file, weights_only=True)
+    assert torch.equal(net.stem[0].weight, state["conv1.weight"])
+    assert torch.equal(net.layers[3][2].conv3.weight, state["layer4.2.conv3.weight"])
+    assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 2048, 8, 8)  # dilated: output stride 8
+
+
+def _spec_with(weights: str, backbone: str = "resnet50"):
+    from study.space import load_spec
+
+    smoke = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+    return load_spec(smoke, [f"fixed.model.backbone={backbone}", f"fixed.model.weights={weights}"])
+
+
+def test_weights_are_checked_before_any_trial(resnet50_file, tmp_path, monkeypatch):
+    from study.space import SpaceError
+
+    with pytest.raises(SpaceError) as e:
+        _spec_with(str(tmp_path / "missing.pth"))
+    assert e.value.key == "fixed.model.weights" and "not found" in str(e.value) and "missing.pth" in str(e.value)
+    state = torch.load(resnet50_file, weights_only=True)
+    state["layer1.0.conv1.weight"] = torch.zeros(3, 3, 1, 1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(SpaceError, match=r"fixed.model.weights: shape mismatch at layer1.0.conv1.weight"):
+        _spec_with(str(tmp_path / "bad.pth"))
+    # ResNet-50 weights in a ResNet-101: tensors missing from the file
+    with pytest.raises(SpaceError, match=r"backbone tensors missing from the file, e.g. layer3.6"):
+        _spec_with(str(resnet50_file), backbone="resnet101")
+    # a relative path is made absolute (trials run in their own folders)
+    monkeypatch.chdir(resnet50_file.parent)
+    spec = _spec_with(resnet50_file.name)
+    assert spec.fixed["model"]["weights"] == str(resnet50_file)

@@ -440,3 +440,18 @@ def test_rrm_is_aal_without_the_aalr_losses():
     names = {p.name for p in aal.params if not p.name.startswith(("loss.affinity.", "loss.reassign."))}
     assert names == {p.name for p in rrm.params}
     assert (a["model"], a["train"], aal.data) == (r["model"], r["train"], rrm.data)
+
+
+def test_aal_voc_is_the_realistic_gpu_study(tmp_path):
+    from voc_fixture import make_voc
+
+    make_voc(tmp_path, n_train=2, n_aug=2, n_val=1, size=(24, 32), with_real=False)
+    spec = load_spec(ROOT / "search_spaces" / "aal_voc.yaml", [f"data.root={tmp_path}"])
+    cfg = spec.trainable_config()
+    assert spec.data["name"] == "voc" and spec.data["train_split"] == "train_aug"
+    assert cfg["model"]["backbone"] == "efficientnet_lite0" and cfg["model"].get("weights") is None  # packaged ImageNet
+    assert cfg["train"]["crop"] == 321 and cfg["train"]["batch_size"] >= 4
+    assert spec.resources["gpu"] == 1
+    assert "train_aug 4 images" in spec.data_summary and "val 1 images" in spec.data_summary
+    with pytest.raises(SpaceError, match="data.root: is required"):
+        load_spec(ROOT / "search_spaces" / "aal_voc.yaml")
