@@ -273,5 +273,6 @@ def describe_voc(ds: SegmentationDataset) -> str:
     for split, s in ((ds.meta["train_split"], ds.train), (ds.meta["val_split"], ds.val)):
         std = STANDARD_SIZES.get(split)
         note = "" if std is None or std == len(s) else f" (the standard {split} has {std:,})"
-        parts.append(f"{split} {len(s):,} images{note}{'' if s.masks is not None else ' (no masks)'}")
+        parts.append(f"{split} {len(s):,} image{'s' if len(s) != 1 else ''}{note}"
+                     f"{'' if s.masks is not None else ' (no masks)'}")
     return f"PASCAL VOC 2012 at {ds.meta['root']}: " + ", ".join(parts) + ", 21 classes; every file checked"
