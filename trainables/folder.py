@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data import SegmentationDataset
-from trainables.imagefiles import IMAGE_SUFFIXES, DataError, Item, index_folder, parse_class_list, write_palette_png
-from trainables.voc import build_split
+from trainables.config import ConfigError
+from trainables.imagefiles import (IMAGE_SUFFIXES, DataError, Item, build_split, check_data_section, index_folder,
+                                   parse_class_list, write_palette_png)
 
 DEFAULTS = {
     "root": "",
@@ -39,21 +40,9 @@ DEFAULTS = {
 
 def check_folder_spec(spec: dict) -> dict:
     """The ``data`` section's keys and types; returns it merged on :data:`DEFAULTS`."""
-    from trainables.config import ConfigError
-
-    for key, value in spec.items():
-        if key != "name" and key not in DEFAULTS:
-            raise ConfigError(f"data.{key}", value, f"unknown setting for the folder dataset; known: {sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in spec.items() if k != "name"}}
-    if not isinstance(cfg["root"], str) or not cfg["root"]:
-        raise ConfigError("data.root", cfg["root"] or None,
-                          "is required: the dataset folder; set it in the YAML or with --set data.root=PATH")
-    vf = cfg["val_fraction"]
-    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1:
-        raise ConfigError("data.val_fraction", vf, "must be a number in (0, 1)")
-    for key in ("seed", "max_train", "max_val"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 0:
-            raise ConfigError(f"data.{key}", cfg[key], "must be an integer >= 0")
+    cfg = check_data_section(spec, DEFAULTS, "your dataset")
+    if not 0 < cfg["val_fraction"] < 1:
+        raise ConfigError("data.val_fraction", cfg["val_fraction"], "must be a number in (0, 1)")
     return cfg
 
 

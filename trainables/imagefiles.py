@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from trainables.config import ConfigError
-from trainables.data import IGNORE_INDEX, cache_dir
+from trainables.data import IGNORE_INDEX, Split, cache_dir
 
 # Bump when what the scan records or checks changes: it is part of the cache key.
 SCAN_VERSION = 2
@@ -275,3 +275,54 @@ def index_folder(folder: Path) -> dict[str, Path]:
             if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in out:
                 out[p.stem] = p
     return out
+
+
+def check_data_section(spec: dict, defaults: dict, what: str) -> dict:
+    """A file-based dataset's ``data`` section: known keys, the types of ``defaults`` (int,
+    float, str) and a ``root``; no file is read. Returns the section merged on ``defaults``."""
+    for key, value in spec.items():
+        if key != "name" and key not in defaults:
+            raise ConfigError(f"data.{key}", value, f"unknown setting for {what}; known: {sorted(defaults)}")
+    cfg = {**defaults, **{k: v for k, v in spec.items() if k != "name"}}
+    for key, default in defaults.items():
+        value = cfg[key]
+        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"data.{key}", value, "must be an integer >= 0")
+        if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"data.{key}", value, "must be a number")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"data.{key}", value, "must be a string")
+    if not cfg["root"]:
+        raise ConfigError("data.root", cfg["root"] or None,
+                          f"is required: the folder of {what}; set it in the YAML or with --set data.root=PATH")
+    return cfg
+
+
+def build_split(name: str, items: list[Item], class_names: list[str], root: Path,
+                labels_from: dict[str, np.ndarray] | None, problems: list[str]) -> Split | None:
+    """Scan ``items`` and assemble the split; adds every problem found to ``problems``."""
+    if not items:
+        return None
+    result = scan(items, len(class_names), root=root, what=f"{name} images")
+    problems.extend(result.problems)
+    if labels_from is None:
+        labels = result.present[:, 1:].astype(np.float32)
+    else:
+        labels = np.zeros((len(items), len(class_names) - 1), dtype=np.float32)
+        for i, it in enumerate(items):
+            if it.id in labels_from:
+                labels[i] = labels_from[it.id]
+            else:
+                problems.append(f"{it.id}: no image-level labels in the label file")
+    source = "its mask" if labels_from is None else "the label file"
+    for i, it in enumerate(items):
+        # an item whose files already have a problem is not also reported as unlabelled
+        if not labels[i].any() and not result.broken[i] and (labels_from is None or it.id in labels_from):
+            problems.append(f"{it.id}: no foreground class in {source} (an image-level label needs at least one)")
+    has_masks = all(it.mask is not None for it in items)
+    return Split(
+        ids=[it.id for it in items],
+        images=ImageFiles([it.image for it in items], result.sizes),
+        labels=labels,
+        masks=ImageFiles([it.mask for it in items], result.sizes, masks=True) if has_masks else None,
+    )

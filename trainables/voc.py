@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.config import ConfigError
-from trainables.data import SegmentationDataset, Split
-from trainables.imagefiles import DataError, ImageFiles, Item, parse_class_list, scan
+from trainables.data import SegmentationDataset
+from trainables.imagefiles import DataError, Item, build_split, check_data_section, parse_class_list
 
 CLASS_NAMES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -52,24 +51,6 @@ DEFAULTS = {
     "max_train": 0,        # > 0: only the first N ids of each list (quick studies)
     "max_val": 0,
 }
-
-
-def check_spec(spec: dict, defaults: dict = DEFAULTS, what: str = "VOC") -> dict:
-    """The ``data`` section's keys and types (no file is read); returns it merged on defaults."""
-    for key, value in spec.items():
-        if key != "name" and key not in defaults:
-            raise ConfigError(f"data.{key}", value, f"unknown setting for {what}; known: {sorted(defaults)}")
-    cfg = {**defaults, **{k: v for k, v in spec.items() if k != "name"}}
-    for key, default in defaults.items():
-        value = cfg[key]
-        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ConfigError(f"data.{key}", value, "must be an integer >= 0")
-        if isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"data.{key}", value, "must be a string")
-    if not cfg["root"]:
-        raise ConfigError("data.root", cfg["root"] or None,
-                          f"is required: the {what} folder; set it in the YAML or with --set data.root=PATH")
-    return cfg
 
 
 def resolve_root(root: str) -> Path:
@@ -146,36 +127,6 @@ def read_label_file(path: Path, class_names: list[str]) -> tuple[dict[str, np.nd
     return out, problems
 
 
-def build_split(name: str, items: list[Item], class_names: list[str], root: Path,
-                labels_from: dict[str, np.ndarray] | None, problems: list[str]) -> Split | None:
-    """Scan ``items`` and assemble the split; adds every problem found to ``problems``."""
-    if not items:
-        return None
-    result = scan(items, len(class_names), root=root, what=f"{name} images")
-    problems.extend(result.problems)
-    if labels_from is None:
-        labels = result.present[:, 1:].astype(np.float32)
-    else:
-        labels = np.zeros((len(items), len(class_names) - 1), dtype=np.float32)
-        for i, it in enumerate(items):
-            if it.id in labels_from:
-                labels[i] = labels_from[it.id]
-            else:
-                problems.append(f"{it.id}: no image-level labels in the label file")
-    source = "its mask" if labels_from is None else "the label file"
-    for i, it in enumerate(items):
-        # an item whose files already have a problem is not also reported as unlabelled
-        if not labels[i].any() and not result.broken[i] and (labels_from is None or it.id in labels_from):
-            problems.append(f"{it.id}: no foreground class in {source} (an image-level label needs at least one)")
-    has_masks = all(it.mask is not None for it in items)
-    return Split(
-        ids=[it.id for it in items],
-        images=ImageFiles([it.image for it in items], result.sizes),
-        labels=labels,
-        masks=ImageFiles([it.mask for it in items], result.sizes, masks=True) if has_masks else None,
-    )
-
-
 def _relative(root: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else root / p
@@ -187,7 +138,7 @@ def load_voc(spec: dict) -> SegmentationDataset:
     Raises :class:`~trainables.imagefiles.DataError` listing the problems found (missing
     folders, lists or files, unreadable or truncated images, bad mask values, size mismatches,
     empty splits, images without a label)."""
-    cfg = check_spec(spec)
+    cfg = check_data_section(spec, DEFAULTS, "VOC 2012")
     root = resolve_root(cfg["root"])
     problems: list[str] = []
     if not root.is_dir():
