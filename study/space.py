@@ -39,7 +39,8 @@ from trainables.datasets import PATH_KEYS, check_data_spec
 
 
 class SpaceError(ValueError):
-    """Bad input: names the file, the key and the value. ``str()`` is the one-line message."""
+    """Bad input: names the file, the key and the value. ``str()`` is the one-line message,
+    followed, for a dataset's files, by one indented line per problem listed (``details``)."""
 
     def __init__(self, path: str | Path, key: str, value: Any, message: str, details: tuple | list = ()):
         self.path, self.key, self.value, self.message = str(path), key, value, message

@@ -52,14 +52,19 @@ def _check_synthetic_and_describe(spec: dict) -> str:
     return _describe_synthetic(spec)
 
 
+def _load_synthetic(spec: dict) -> SegmentationDataset:
+    _check_synthetic(spec)
+    return load_synthetic(spec)
+
+
 def _check_files(load: Callable[[dict], SegmentationDataset], describe: Callable[[SegmentationDataset], str]):
     return lambda spec: describe(load(spec))
 
 
-# name -> (load, check): ``check(spec)`` raises ConfigError (DataError for the files) or returns
+# name -> (load, check): both raise ConfigError (DataError for the files); ``check(spec)`` returns
 # the one-line description the plan prints.
 DATASETS: dict[str, tuple[Callable[[dict], SegmentationDataset], Callable[[dict], str]]] = {
-    "synthetic": (load_synthetic, _check_synthetic_and_describe),
+    "synthetic": (_load_synthetic, _check_synthetic_and_describe),
     "voc": (load_voc, _check_files(load_voc, describe_voc)),
     "folder": (load_folder, _check_files(load_folder, describe_folder)),
 }
@@ -88,6 +93,4 @@ def load_dataset(spec: dict) -> SegmentationDataset:
     name = spec.get("name")
     if name not in DATASETS:
         raise ConfigError("data.name", name, f"unknown dataset; choose one of {sorted(DATASETS)}")
-    if name == "synthetic":
-        _check_synthetic(spec)
-    return DATASETS[name][0](spec)
+    return DATASETS[name][0](spec)  # a file-based one checks its files as it loads (cached)
