@@ -49,6 +49,8 @@ def test_study_runs_and_records_voc_classes(voc_study):
     assert {"background", "person", "chair"} <= set(per_class["class_name"])
     report = (out / "report.md").read_text()
     assert "SEAM" in report and "person" in report
+    # VOC classes: the published rows are in the same table as this study's row
+    assert "PASCAL VOC 2012 val (this study)" in report and "PASCAL VOC 2012 val (published)" in report
 
 
 def test_predictions_are_palette_pngs_at_full_resolution(voc_study):

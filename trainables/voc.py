@@ -208,7 +208,7 @@ def load_voc(spec: dict) -> SegmentationDataset:
     if problems:
         raise DataError("data.root", cfg["root"], problems, f"the VOC folder {root}")
     meta = {"root": str(root), "train_split": cfg["train_split"], "val_split": cfg["val_split"]}
-    return SegmentationDataset("voc", list(CLASS_NAMES), train, val, meta)
+    return SegmentationDataset("PASCAL VOC 2012", list(CLASS_NAMES), train, val, meta)
 
 
 def _show(path: Path, root: Path) -> str:
