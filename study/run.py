@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.address in ("local", "auto") or args.address.startswith("ray://")):
         sys.stderr.write(f"error: --address: must be local, auto or ray://HOST:PORT (got {args.address!r})\n")
         return EXIT_BAD_INPUT
+    if args.tracking_uri:  # a tracking server must answer before anything starts
+        from study.endpoints import TrackingUnreachable, check_tracking_uri
+
+        try:
+            check_tracking_uri(args.tracking_uri)
+        except TrackingUnreachable as e:
+            sys.stderr.write(f"error: --tracking-uri: {e}\n")
+            return EXIT_BAD_INPUT
     try:
         if is_comparison(args.space):
             return _run_comparison(load_compare(args.space, args.set, args.num_samples), args)

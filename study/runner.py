@@ -52,8 +52,19 @@ class RunOptions:
 
 
 def trial_entry(config: dict, fixed: dict, method: str) -> None:
-    """The Ray Tune function trainable: fixed settings + the trial's suggestions."""
-    METHODS[method].train(merge(fixed, config))
+    """The Ray Tune function trainable: fixed settings + the trial's suggestions. Running out of
+    memory becomes an error that says so and what to change (the trial is then FAILED with it)."""
+    import torch
+
+    try:
+        METHODS[method].train(merge(fixed, config))
+    except torch.cuda.OutOfMemoryError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise MemoryError(f"out of GPU memory ({first}); lower train.batch_size or train.crop, or give each "
+                          f"trial more of a GPU (resources.gpu)") from None
+    except MemoryError as e:
+        raise MemoryError(f"out of host memory ({e}); lower train.batch_size, eval.batch_size or "
+                          f"pseudo.workers, or give each trial more CPUs (resources.cpu)") from None
 
 
 def plan_text(spec: StudySpec, opts: RunOptions) -> str:

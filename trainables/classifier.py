@@ -27,7 +27,7 @@ from trainables.data import TrainBatch, augment_batch
 from trainables.datasets import load_dataset
 from trainables.pseudo_labels import CrfSettings
 from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
-                              build_optimizer, load_start_weights, set_lr, start_trial, trial_dir)
+                              build_optimizer, check_loss, load_start_weights, set_lr, start_trial, trial_dir)
 
 # Settings every CAM method accepts; each method module adds its own section and loss terms.
 CAM_METHOD_DEFAULTS: dict = {
@@ -137,9 +137,7 @@ def _train_epoch(net: Callable, optimizer: torch.optim.Optimizer, recipe: CamRec
                               (float(t["scale_min"]), float(t["scale_max"])), bool(t["flip"]), rng)
         terms = recipe.terms(net, batch, cfg, state)
         loss = sum(float(cfg["loss"][k]["weight"]) * v for k, v in terms.items())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
-                                     + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()))
+        loss = check_loss(loss, cfg, epoch, step, {k: float(v) for k, v in terms.items()})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -35,8 +35,8 @@ from trainables.metrics import confusion_matrix, mean_iou, per_class_iou, pseudo
 from trainables.model import SingleStageNet, frozen_bn_stats
 from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
 from trainables.reassign import label_reassign_loss
-from trainables.trial import (MODEL_DEFAULTS, trial_dir, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
-                              build_optimizer, load_start_weights, prepare_study, set_lr, start_trial)
+from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter, build_optimizer,
+                              check_loss, load_start_weights, prepare_study, set_lr, start_trial, trial_dir)
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
@@ -409,9 +409,7 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
                 if batch.gt is not None and seg_on and needs_labels:
                     counts += pseudo_label_quality(ctx.pseudo.cpu(), batch.gt)
                 loss = _total_loss(ctx, enabled, seg_on, sums)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
-                                             + ", ".join(f"{k}={v / (step + 1):.4g}" for k, v in sums.items()))
+                loss = check_loss(loss, cfg, epoch, step, {k: v / (step + 1) for k, v in sums.items()})
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

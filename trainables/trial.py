@@ -49,6 +49,9 @@ TRAIN_DEFAULTS: dict = {
     # "bf16": network passes under torch.autocast in bfloat16 (GPU tensor cores; CPUs with
     # AMX); outputs are cast back to float32, so every loss and metric runs in float32.
     "autocast": "off",
+    # Fault injection, for testing the harness's failure handling: the loss becomes NaN at the
+    # first step of this epoch (1-based; 0 = never).
+    "inject_nan_epoch": 0,
 }
 
 # Classification pretraining shared by all trials of all methods (trainables/pretrain.py):
@@ -150,6 +153,17 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     if t["optimizer"] == "adam":
         return torch.optim.Adam(groups, lr=t["lr"], weight_decay=t["weight_decay"])
     raise ValueError(f"train.optimizer={t['optimizer']!r}: choose sgd or adam")
+
+
+def check_loss(loss: torch.Tensor, cfg: dict, epoch: int, step: int, terms: dict[str, float]) -> torch.Tensor:
+    """The step's loss, or :class:`FloatingPointError` naming the epoch, step and loss terms
+    when it is not finite (with ``train.inject_nan_epoch``, made NaN on purpose)."""
+    if int(cfg["train"]["inject_nan_epoch"]) == epoch + 1 and step == 0:
+        loss = loss * float("nan")
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
+                                 + ", ".join(f"{k}={v:.4g}" for k, v in terms.items()))
+    return loss
 
 
 def trial_dir() -> Path:
