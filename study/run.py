@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: --output: {e}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted: the study's records so far are kept\n")
+        sys.stderr.write("interrupted: the study's records so far are kept; --resume continues it\n")
         return 130
     report = summary["report"]
     print()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from trainables.config import flatten, merge
 from trainables.methods import METHODS
 
 STUDY_FILE = "study.json"
+TUNE_DIR = "tune"  # the Ray Tune experiment, under the output folder
 
 
 class StudyExistsError(RuntimeError):
@@ -192,7 +194,7 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
                                num_samples=1 if spec.sampler == "grid" else spec.samples,
                                max_concurrent_trials=spec.concurrency if spec.sampler == "grid" else None),
         run_config=RunConfig(
-            name="tune",
+            name=TUNE_DIR,
             storage_path=str(opts.output.resolve()),
             callbacks=callbacks,
             verbose=0,
@@ -200,6 +202,46 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
             failure_config=FailureConfig(max_failures=spec.max_failures),
         ),
     )
+
+
+def restore_tuner(spec: StudySpec, tune_path: Path, callbacks: list) -> Tuner:
+    """The interrupted experiment, restored: the same trials (unfinished ones resume from their
+    last checkpoint, errored ones get their retries), the searcher's state (so Optuna repeats no
+    configuration) and this run's callbacks (the pickled ones hold the old run's counters)."""
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_entry, fixed=spec.trainable_config(), method=spec.method),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
+    )
+    tuner = Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)
+    tuner._local_tuner.get_run_config().callbacks = callbacks  # private: ray is pinned (tests/test_resume.py)
+    return tuner
+
+
+def reconcile_records(spec: StudySpec, opts: RunOptions, tracker: StudyTracker, parent: str, known: set[str],
+                      log=print) -> None:
+    """After a study that was interrupted and resumed: records of trials Ray never saved (the
+    driver was killed between the searcher's suggestion and Ray's next experiment checkpoint)
+    are closed, so nothing is left RUNNING. Their Optuna trials are told FAIL with the
+    ``wsss.lost`` attribute; their MLflow child runs are deleted (they never trained past the
+    kill and Ray will never report them again)."""
+    lost_runs = [r for r in tracker.child_runs(parent) if r.data.tags.get("ray.trial_id") not in known]
+    for r in lost_runs:
+        tracker.client.delete_run(r.info.run_id)
+    lost_trials = 0
+    if spec.sampler != "grid" and (opts.output / "optuna.db").exists():
+        storage = optuna.storages.RDBStorage(f"sqlite:///{(opts.output / 'optuna.db').resolve()}")
+        try:
+            study = optuna.load_study(study_name=spec.name, storage=storage)
+        except KeyError:
+            study = None
+        for t in study.get_trials(deepcopy=False) if study else []:
+            if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("ray.trial_id") not in known:
+                storage.set_trial_user_attr(t._trial_id, "wsss.lost", "driver stopped before Ray saved the trial")
+                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+                lost_trials += 1
+    if lost_runs or lost_trials:
+        log(f"[wsss-study] closed records of trials lost when the driver stopped: {len(lost_runs)} MLflow "
+            f"runs deleted, {lost_trials} Optuna trials marked FAIL (wsss.lost)")
 
 
 def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
@@ -219,7 +261,8 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
 
     artifacts = None if opts.tracking_uri else (opts.output.resolve() / "mlartifacts").as_uri()
     tracker = StudyTracker(opts.tracking, spec.name, artifact_location=artifacts)
-    parent = tracker.start_parent(
+    parent = tracker.resume_parent(meta.get("parent_run_id")) if opts.resume else None
+    parent = parent or tracker.start_parent(
         run_name=f"{spec.name}-study",
         tags={"wsss.git_commit": git_commit(Path(__file__).parent), "wsss.space_sha256": spec.digest(),
               "wsss.output": str(opts.output.resolve()), "wsss.method": spec.method,
@@ -241,9 +284,23 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
         init_ray(opts.address, spec)
         mlflow_cb = MlflowTrialCallback(tracker, parent, spec.trainable_config(), spec.epochs)
         progress = ProgressCallback(spec.samples, spec.metric, spec.mode, spec.epochs, log=log)
-        tuner = build_tuner(spec, opts, [mlflow_cb, progress])
-        log(f"[wsss-study] running {spec.samples} trials ({spec.concurrency} at once) ...")
+        callbacks = [mlflow_cb, progress]
+        tune_path = opts.output.resolve() / TUNE_DIR
+        # Save the experiment state at every step of Tune's loop (local files: cheap), so a killed
+        # driver loses as little as possible; Ray's default is every 10 s or more.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+        if opts.resume and Tuner.can_restore(str(tune_path)):
+            tuner = restore_tuner(spec, tune_path, callbacks)
+            log(f"[wsss-study] resuming the Ray Tune experiment in {tune_path} ...")
+        else:
+            tuner = build_tuner(spec, opts, callbacks)
+            log(f"[wsss-study] running {spec.samples} trials ({spec.concurrency} at once) ...")
         results = tuner.fit()
+        trials = results._experiment_analysis.trials
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        if unfinished or len(trials) < spec.samples:  # Ray Tune returns on SIGINT after saving its state
+            status = "KILLED"
+            raise KeyboardInterrupt
         errors = sum(1 for r in results if r.error is not None)
         status = "FINISHED" if errors < len(results) else "FAILED"
     except KeyboardInterrupt:
@@ -253,6 +310,7 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
         ray.shutdown()
         if status != "FINISHED":
             tracker.end(parent, status)
+    reconcile_records(spec, opts, tracker, parent, {t.trial_id for t in trials}, log)
 
     report = build_report(opts.output)
     tracker.client.log_artifact(parent, str(report.markdown))

@@ -57,7 +57,34 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.max_t = int(max_t)
 
+    def suggest(self, trial_id: str):
+        """Optuna's suggestion, with the Ray trial id kept on the Optuna trial (``ray.trial_id``)
+        so that a resumed study can tell its trials from ones lost when the driver was killed."""
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("ray.trial_id", trial_id)
+        return config
+
+    def _told_already(self, trial_id: str) -> bool:
+        """True when the Optuna trial is already finished in the storage though this searcher's
+        restored state says otherwise: a driver killed after telling Optuna but before Ray saved
+        its experiment state. The first outcome told stands (Optuna cannot be told twice)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return False
+        state = self._ot_study._storage.get_trial(ot_trial._trial_id).state
+        if state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._told_already(trial_id):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._told_already(trial_id):
+            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return

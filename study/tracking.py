@@ -93,6 +93,30 @@ class StudyTracker:
             self.client.log_artifact(run.info.run_id, str(a))
         return run.info.run_id
 
+    def resume_parent(self, run_id: str | None) -> str | None:
+        """The study's parent run again (``--resume``), set RUNNING; None if it is gone."""
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:
+            return None
+        if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id:
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def child_runs(self, parent_run_id: str) -> list:
+        """Every child run of ``parent_run_id`` (all pages)."""
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                           max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Log params in batches of at most 100."""
         items = [Param(k, _param_value(v)) for k, v in params.items()]
