@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML value by dotted key, e.g. --set fixed.train.epochs=2")
     p.add_argument("--address", default="local", help="local (embedded Ray), auto, or ray://HOST:PORT")
+    p.add_argument("--storage-path", help="Ray Tune experiment storage shared by every node of a cluster: an NFS "
+                   "path or a cloud URI (default: the output folder)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<output>/mlflow.db)")
     p.add_argument("--resume", action="store_true", help="continue the study in the output folder")
     p.add_argument("--dry-run", action="store_true", help="validate the YAML and data, print the plan, run nothing")
@@ -97,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {e}\n")
         return EXIT_BAD_INPUT
 
-    from study.runner import RunOptions, StudyExistsError, plan_text, run_study
+    from study.runner import RunOptions, StorageNotShared, StudyExistsError, plan_text, run_study
 
     output = Path(args.output) if args.output else Path("studies") / spec.name
-    opts = RunOptions(output=output, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume)
+    storage = args.storage_path
+    if storage and "://" not in storage:
+        storage = str(Path(storage).expanduser().absolute())
+    opts = RunOptions(output=output, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
+                      storage_path=storage)
     if args.dry_run:
         print(plan_text(spec, opts))
         print("dry run: the search space and data are valid; nothing was run")
@@ -111,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_study(spec, opts)
     except StudyExistsError as e:
         sys.stderr.write(f"error: --output: {e}\n")
+        return EXIT_BAD_INPUT
+    except StorageNotShared as e:
+        sys.stderr.write(f"error: --storage-path: {e}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: the study's records so far are kept; --resume continues it\n")

@@ -46,11 +46,65 @@ class RunOptions:
     address: str = "local"
     tracking_uri: str | None = None
     resume: bool = False
+    storage_path: str | None = None
 
     @property
     def tracking(self) -> str:
         """The MLflow tracking URI (default: a SQLite file in the output folder)."""
         return self.tracking_uri or f"sqlite:///{self.output.resolve() / 'mlflow.db'}"
+
+    @property
+    def storage(self) -> str:
+        """Where Ray Tune keeps the experiment and trial checkpoints: ``--storage-path`` (shared
+        by every node: an NFS path or a cloud URI) or the output folder."""
+        return self.storage_path or str(self.output.resolve())
+
+    @property
+    def tune_name(self) -> str:
+        """The experiment's folder under :attr:`storage`: ``tune`` in the output folder, else the
+        output folder's name (so studies sharing one storage path stay apart)."""
+        return TUNE_DIR if self.storage_path is None else f"{self.output.resolve().name}-tune"
+
+    @property
+    def tune_path(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.tune_name}"
+
+
+class StorageNotShared(RuntimeError):
+    """A multi-node cluster cannot use the storage path: some node does not see it."""
+
+
+def check_shared_storage(storage: str, log=print) -> None:
+    """On a cluster of more than one node, every node must see the experiment storage (Ray
+    Tune syncs checkpoints through it). A cloud URI is taken as shared; a local path is tested:
+    a marker file written here must be visible from a task pinned to each node."""
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or "://" in storage:
+        return
+    marker = Path(storage) / f".wsss-shared-{uuid.uuid4().hex[:12]}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("wsss-study storage check\n")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return Path(path).exists()
+
+    try:
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(marker)) for n in nodes], timeout=120)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise StorageNotShared(
+            f"{storage} is not visible from {len(blind)} of the cluster's {len(nodes)} nodes: {', '.join(blind)}. "
+            "A multi-node study needs storage every node shares: pass --storage-path with an NFS path mounted "
+            "at the same place on every node, or a cloud URI (s3://..., gs://...)")
+    log(f"[wsss-study] storage {storage} is shared by all {len(nodes)} nodes")
 
 
 def trial_entry(config: dict, fixed: dict, method: str) -> None:
@@ -90,6 +144,7 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
         f"resources  {spec.resources['cpu']} cpu, {spec.resources['gpu']} gpu per trial; ray address {opts.address}",
         f"objective  {spec.mode} {spec.metric}",
         f"output     {opts.output}",
+        f"storage    {opts.tune_path} (Ray Tune experiment and trial checkpoints)",
         f"tracking   {opts.tracking}",
         "searched   " + ("(nothing: every trial uses the fixed settings)" if not spec.params else ""),
     ]
@@ -123,6 +178,7 @@ def prepare_output(spec: StudySpec, opts: RunOptions) -> dict:
         "data": spec.data,
         "params": [{"name": p.name, "type": p.type} for p in spec.params],
         "optuna_storage": f"sqlite:///{(out / 'optuna.db').resolve()}",
+        "tune_path": opts.tune_path,
     })
     (out / "space.resolved.yaml").write_text(spec.resolved_yaml())
     shutil.copyfile(spec.path, out / "space.yaml")
@@ -194,8 +250,8 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
                                num_samples=1 if spec.sampler == "grid" else spec.samples,
                                max_concurrent_trials=spec.concurrency if spec.sampler == "grid" else None),
         run_config=RunConfig(
-            name=TUNE_DIR,
-            storage_path=str(opts.output.resolve()),
+            name=opts.tune_name,
+            storage_path=opts.storage,
             callbacks=callbacks,
             verbose=0,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -204,7 +260,7 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
     )
 
 
-def restore_tuner(spec: StudySpec, tune_path: Path, callbacks: list) -> Tuner:
+def restore_tuner(spec: StudySpec, tune_path: str, callbacks: list) -> Tuner:
     """The interrupted experiment, restored: the same trials (unfinished ones resume from their
     last checkpoint, errored ones get their retries), the searcher's state (so Optuna repeats no
     configuration) and this run's callbacks (the pickled ones hold the old run's counters)."""
@@ -212,7 +268,7 @@ def restore_tuner(spec: StudySpec, tune_path: Path, callbacks: list) -> Tuner:
         tune.with_parameters(trial_entry, fixed=spec.trainable_config(), method=spec.method),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
     )
-    tuner = Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)
+    tuner = Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
     tuner._local_tuner.get_run_config().callbacks = callbacks  # private: ray is pinned (tests/test_resume.py)
     return tuner
 
@@ -248,6 +304,17 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
     """Run the whole study; returns a summary dict (best trial, report path, counts)."""
     from reports.build import build_report
 
+    # Ray first: a cluster whose nodes do not share the storage is refused before anything is written.
+    log(f"[wsss-study] starting Ray ({opts.address}) ...")
+    init_ray(opts.address, spec)
+    try:
+        check_shared_storage(opts.storage, log)
+        return _run_on_ray(spec, opts, log, build_report)
+    finally:
+        ray.shutdown()
+
+
+def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
     meta = prepare_output(spec, opts)
     log(f"[wsss-study] preparing data and shared checkpoints ({spec.data.get('name')}) ...")
     t0 = time.perf_counter()
@@ -278,18 +345,16 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
     meta["parent_run_id"] = parent
     (opts.output / STUDY_FILE).write_text(json.dumps(meta, indent=2))
 
-    log(f"[wsss-study] starting Ray ({opts.address}) ...")
     status = "FAILED"
     try:
-        init_ray(opts.address, spec)
         mlflow_cb = MlflowTrialCallback(tracker, parent, spec.trainable_config(), spec.epochs)
         progress = ProgressCallback(spec.samples, spec.metric, spec.mode, spec.epochs, log=log)
         callbacks = [mlflow_cb, progress]
-        tune_path = opts.output.resolve() / TUNE_DIR
+        tune_path = opts.tune_path
         # Save the experiment state at every step of Tune's loop (local files: cheap), so a killed
         # driver loses as little as possible; Ray's default is every 10 s or more.
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-        if opts.resume and Tuner.can_restore(str(tune_path)):
+        if opts.resume and Tuner.can_restore(tune_path):
             tuner = restore_tuner(spec, tune_path, callbacks)
             log(f"[wsss-study] resuming the Ray Tune experiment in {tune_path} ...")
         else:
@@ -307,7 +372,6 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
         status = "KILLED"
         raise
     finally:
-        ray.shutdown()
         if status != "FINISHED":
             tracker.end(parent, status)
     reconcile_records(spec, opts, tracker, parent, {t.trial_id for t in trials}, log)

@@ -144,6 +144,7 @@ class MlflowTrialCallback(Callback):
         self.fixed_params = flatten(fixed_config)
         self.max_epochs = max_epochs
         self._runs: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}
 
     def child_run_id(self, trial) -> str:
         """The trial's child run: cached, else found by its ``ray.trial_id`` tag, else created."""
@@ -177,6 +178,10 @@ class MlflowTrialCallback(Callback):
         self.child_run_id(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        node = result.get("node_id")
+        if node and self._nodes.get(trial.trial_id) != node:  # first result, or moved by a retry
+            self._nodes[trial.trial_id] = node
+            self.tracker.client.set_tag(self.child_run_id(trial), "ray.node_id", str(node))
         metrics = metric_items(result)
         if metrics:
             step = int(result.get("training_iteration", result.get("epoch", 0)))

@@ -86,8 +86,11 @@ class TuneReporter(Reporter):
             return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
 
     def report(self, metrics: dict, state: dict | None) -> None:
+        import ray
         from ray import tune
 
+        # The node the trial ran on (MLflow tag ray.node_id): where a multi-node study put it.
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
         if state is None:
             tune.report(metrics)
             return
