@@ -27,6 +27,7 @@ class ProgressCallback(Callback):
         self.log = log
         self.t0 = time.time()
         self.started = self.finished = self.failed = self.stopped = 0
+        self.seen: set[str] = set()
         self.best: tuple[float, str] | None = None
 
     def _stamp(self) -> str:
@@ -39,6 +40,11 @@ class ProgressCallback(Callback):
         return v > self.best[0] if self.mode == "max" else v < self.best[0]
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.seen:  # a retry after a failure (max_failures), or a resume
+            done = int((trial.last_result or {}).get("training_iteration", 0))
+            self.log(f"{self._stamp()} trial {trial.trial_id} restarted from its checkpoint after epoch {done}")
+            return
+        self.seen.add(trial.trial_id)
         self.started += 1
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
         self.log(f"{self._stamp()} trial {trial.trial_id} started ({self.started}/{self.total}) {params}")

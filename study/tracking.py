@@ -144,7 +144,7 @@ class MlflowTrialCallback(Callback):
         self.fixed_params = flatten(fixed_config)
         self.max_epochs = max_epochs
         self._runs: dict[str, str] = {}
-        self._nodes: dict[str, str] = {}
+        self._nodes: dict[str, list[str]] = {}
 
     def child_run_id(self, trial) -> str:
         """The trial's child run: cached, else found by its ``ray.trial_id`` tag, else created."""
@@ -179,9 +179,12 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         node = result.get("node_id")
-        if node and self._nodes.get(trial.trial_id) != node:  # first result, or moved by a retry
-            self._nodes[trial.trial_id] = node
-            self.tracker.client.set_tag(self.child_run_id(trial), "ray.node_id", str(node))
+        seen = self._nodes.setdefault(trial.trial_id, [])
+        if node and (not seen or seen[-1] != node):  # first result, or moved by a retry
+            seen.append(str(node))
+            run_id = self.child_run_id(trial)
+            self.tracker.client.set_tag(run_id, "ray.node_id", str(node))
+            self.tracker.client.set_tag(run_id, "wsss.nodes", ",".join(seen))  # every node it ran on
         metrics = metric_items(result)
         if metrics:
             step = int(result.get("training_iteration", result.get("epoch", 0)))
