@@ -185,6 +185,8 @@ class MlflowTrialCallback(Callback):
             run_id = self.child_run_id(trial)
             self.tracker.client.set_tag(run_id, "ray.node_id", str(node))
             self.tracker.client.set_tag(run_id, "wsss.nodes", ",".join(seen))  # every node it ran on
+            if result.get("resources"):
+                self.tracker.client.set_tag(run_id, "ray.resources", str(result["resources"]))
         metrics = metric_items(result)
         if metrics:
             step = int(result.get("training_iteration", result.get("epoch", 0)))

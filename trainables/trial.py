@@ -89,8 +89,10 @@ class TuneReporter(Reporter):
         import ray
         from ray import tune
 
-        # The node the trial ran on (MLflow tag ray.node_id): where a multi-node study put it.
-        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+        # The node the trial ran on and what Ray gave it (MLflow tags ray.node_id, ray.resources).
+        ctx = ray.get_runtime_context()
+        assigned = ",".join(f"{k}={v:g}" for k, v in sorted(ctx.get_assigned_resources().items()))
+        metrics = {**metrics, "node_id": ctx.get_node_id(), "resources": assigned}
         if state is None:
             tune.report(metrics)
             return
