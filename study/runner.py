@@ -74,28 +74,32 @@ class StorageNotShared(RuntimeError):
     """A multi-node cluster cannot use the storage path: some node does not see it."""
 
 
-def check_shared_storage(storage: str, log=print) -> None:
+def _nodes_see(path: str, nodes: list[dict]) -> list[bool]:
+    """Whether ``path`` exists, asked of a zero-CPU task pinned to each node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def sees(p: str) -> bool:
+        return Path(p).exists()
+
+    return ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(path) for n in nodes], timeout=120)
+
+
+def check_shared_storage(storage: str, log=print, nodes: list[dict] | None = None, probe=_nodes_see) -> None:
     """On a cluster of more than one node, every node must see the experiment storage (Ray
     Tune syncs checkpoints through it). A cloud URI is taken as shared; a local path is tested:
     a marker file written here must be visible from a task pinned to each node."""
     import uuid
 
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n for n in (ray.nodes() if nodes is None else nodes) if n.get("Alive")]
     if len(nodes) < 2 or "://" in storage:
         return
     marker = Path(storage) / f".wsss-shared-{uuid.uuid4().hex[:12]}"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("wsss-study storage check\n")
-
-    @ray.remote(num_cpus=0)
-    def sees(path: str) -> bool:
-        return Path(path).exists()
-
     try:
-        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                        .remote(str(marker)) for n in nodes], timeout=120)
+        seen = probe(str(marker), nodes)
     finally:
         marker.unlink(missing_ok=True)
     blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]

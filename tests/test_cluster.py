@@ -115,3 +115,26 @@ def test_killed_worker_node_means_a_retry_that_completes(cluster):
     assert len(moved) == 1, [r.data.tags["wsss.nodes"] for r in runs]  # the retry ran on the other node
     for r in runs:  # every epoch recorded once the retry caught up from its checkpoint
         assert sorted({m.step for m in client.get_metric_history(r.info.run_id, "val/miou")}) == [1, 2, 3, 4, 5, 6]
+
+
+def test_storage_a_node_cannot_see_is_refused(tmp_path):
+    """The check itself, with a probe that answers for two nodes (one machine cannot show a path
+    that only some nodes see): the blind node is named, a cloud URI or one node needs no check."""
+    from study.runner import StorageNotShared, check_shared_storage
+
+    nodes = [{"Alive": True, "NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"},
+             {"Alive": True, "NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"}]
+    asked = []
+
+    def probe(path, ns):
+        asked.append(path)
+        assert Path(path).exists()  # the marker is written before the nodes are asked
+        return [True, False]
+
+    with pytest.raises(StorageNotShared, match=r"not visible from 1 of the cluster's 2 nodes: 10.0.0.2 \(bbbbbbbb\)"):
+        check_shared_storage(str(tmp_path / "store"), log=lambda _: None, nodes=nodes, probe=probe)
+    assert asked and not Path(asked[0]).exists()  # and removed after
+    check_shared_storage("s3://bucket/studies", nodes=nodes, probe=probe)
+    check_shared_storage(str(tmp_path / "store"), nodes=nodes[:1], probe=probe)
+    assert len(asked) == 1
+    check_shared_storage(str(tmp_path / "store"), log=lambda _: None, nodes=nodes, probe=lambda p, ns: [True, True])
