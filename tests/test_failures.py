@@ -4,6 +4,7 @@ while the other trials complete; an unreachable tracking server stops the study 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -135,3 +136,25 @@ def test_optuna_is_told_fail_for_the_nan_trials(nan_study):
         states[int(v)].add(state)
     assert states[1] == {"FAIL"}
     assert states[0] <= {"COMPLETE", "PRUNED"}
+
+
+def test_out_of_memory_becomes_an_error_that_says_what_to_change(monkeypatch):
+    import torch
+
+    from study import runner
+    from trainables.methods import METHODS
+
+    def oom(config):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(METHODS, "aal", dataclasses.replace(METHODS["aal"], train=oom))
+    with pytest.raises(MemoryError, match=r"out of GPU memory \(CUDA out of memory. Tried to allocate 2.00 GiB\); "
+                                          r"lower train.batch_size or train.crop"):
+        runner.trial_entry({}, fixed={}, method="aal")
+
+    def host_oom(config):
+        raise MemoryError("Unable to allocate 12.0 GiB")
+
+    monkeypatch.setitem(METHODS, "aal", dataclasses.replace(METHODS["aal"], train=host_oom))
+    with pytest.raises(MemoryError, match=r"out of host memory \(Unable to allocate 12.0 GiB\)"):
+        runner.trial_entry({}, fixed={}, method="aal")
