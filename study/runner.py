@@ -252,7 +252,11 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
         param_space=param_space,
         tune_config=TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
                                num_samples=1 if spec.sampler == "grid" else spec.samples,
-                               max_concurrent_trials=spec.concurrency if spec.sampler == "grid" else None),
+                               max_concurrent_trials=spec.concurrency if spec.sampler == "grid" else None,
+                               # One trial after another in the same worker process: saves the
+                               # process start and imports, about 5 s a trial (benchmarks/
+                               # harness_overhead.py). WSSS_REUSE_ACTORS=0 starts a fresh one each time.
+                               reuse_actors=os.environ.get("WSSS_REUSE_ACTORS", "1") != "0"),
         run_config=RunConfig(
             name=opts.tune_name,
             storage_path=opts.storage,
