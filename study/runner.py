@@ -312,6 +312,8 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
     """Run the whole study; returns a summary dict (best trial, report path, counts)."""
     from reports.build import build_report
 
+    if (opts.output / STUDY_FILE).exists() and not opts.resume:  # before Ray: refused at once
+        prepare_output(spec, opts)
     # Ray first: a cluster whose nodes do not share the storage is refused before anything is written.
     log(f"[wsss-study] starting Ray ({opts.address}) ...")
     init_ray(opts.address, spec)

@@ -44,7 +44,7 @@ CAM_EVAL_DEFAULTS: dict = {
     "cam_threshold_source": "train",
     "cam_threshold": 0.15,
     # The last evaluation writes each val prediction (a CAM method's: its CAM mask) as a
-    # VOC-palette PNG, predictions/<image id>.png in the trial's folder (trial.trial_dir()).
+    # VOC-palette PNG, predictions/<image id>.png in the trial's folder (trial.trial_output()).
     "save_predictions": False,
 }
 

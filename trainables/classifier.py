@@ -27,7 +27,7 @@ from trainables.data import TrainBatch, augment_batch
 from trainables.datasets import load_dataset
 from trainables.pseudo_labels import CrfSettings
 from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter,
-                              build_optimizer, check_loss, load_start_weights, set_lr, start_trial, trial_dir)
+                              build_optimizer, check_loss, load_start_weights, set_lr, start_trial, trial_output)
 
 # Settings every CAM method accepts; each method module adds its own section and loss terms.
 CAM_METHOD_DEFAULTS: dict = {
@@ -197,9 +197,12 @@ def train_cam_method(config: dict, recipe: CamRecipe, defaults: dict, reporter: 
             done = epoch + 1 == last
             if done or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
                 model.eval()
-                save = (trial_dir() / "predictions" if epoch + 1 == int(t["epochs"]) and cfg["eval"]["save_predictions"]
-                        else None)
-                metrics.update(as_segmentation_metrics(evaluate_cams(recipe.cam_fn(net, cfg), ds, cfg, device, save)))
+                cam_fn = recipe.cam_fn(net, cfg)
+                if epoch + 1 == int(t["epochs"]) and cfg["eval"]["save_predictions"]:
+                    with trial_output("predictions") as save:
+                        metrics.update(as_segmentation_metrics(evaluate_cams(cam_fn, ds, cfg, device, save)))
+                else:
+                    metrics.update(as_segmentation_metrics(evaluate_cams(cam_fn, ds, cfg, device)))
                 model.train()
             else:  # every report carries val/* for ASHA and the searcher
                 metrics.update({k: v for k, v in history[-1].items() if k.startswith(("val/", "train/cam"))})

@@ -36,7 +36,7 @@ from trainables.model import SingleStageNet, frozen_bn_stats
 from trainables.pseudo_labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
 from trainables.reassign import label_reassign_loss
 from trainables.trial import (MODEL_DEFAULTS, PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, Float32Net, Reporter, build_optimizer,
-                              check_loss, load_start_weights, prepare_study, set_lr, start_trial, trial_dir)
+                              check_loss, load_start_weights, prepare_study, set_lr, start_trial, trial_output)
 
 DEFAULTS: dict = {
     "data": {"name": "synthetic"},
@@ -423,8 +423,11 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
             # Every report carries val/* (ASHA and the searcher read the metric each time): between
             # evaluations the last values are repeated.
             if last or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
-                save = trial_dir() / "predictions" if last and cfg["eval"]["save_predictions"] else None
-                metrics.update(evaluate(model, ds, cfg, device, save))
+                if last and cfg["eval"]["save_predictions"]:
+                    with trial_output("predictions") as save:
+                        metrics.update(evaluate(model, ds, cfg, device, save))
+                else:
+                    metrics.update(evaluate(model, ds, cfg, device))
             else:
                 metrics.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
             ckpt = None

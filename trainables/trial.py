@@ -9,6 +9,7 @@ that every method trains from the same start with the same recipe unless its YAM
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -171,13 +172,27 @@ def check_loss(loss: torch.Tensor, cfg: dict, epoch: int, step: int, terms: dict
     return loss
 
 
-def trial_dir() -> Path:
-    """The trial's own folder: Ray Tune's trial directory inside a trial, else the working one."""
-    if in_tune_session():
-        from ray import tune
+@contextmanager
+def trial_output(name: str):
+    """A folder for files a trial leaves behind (e.g. predictions): inside a Ray Tune trial, a
+    local temporary folder copied to ``<trial folder>/<name>`` in the experiment storage when the
+    block ends (local, NFS or a cloud URI alike, and right with reused worker processes, whose
+    working folder and ``get_trial_dir()`` belong to an earlier trial); outside Tune,
+    ``./<name>``."""
+    if not in_tune_session():
+        path = Path.cwd() / name
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    import pyarrow.fs
+    from ray import tune
 
-        return Path(tune.get_context().get_trial_dir())
-    return Path.cwd()
+    storage = tune.get_context().get_storage()  # ray 2.60: pinned
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+        dest = f"{storage.trial_fs_path}/{name}"
+        storage.storage_filesystem.create_dir(dest, recursive=True)
+        pyarrow.fs.copy_files(tmp, dest, destination_filesystem=storage.storage_filesystem)
 
 
 def start_trial(cfg: dict, reporter: Reporter | None) -> tuple[Reporter, torch.device]:
