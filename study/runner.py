@@ -161,13 +161,18 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
     return "\n".join(lines)
 
 
+def refuse_existing(opts: RunOptions) -> None:
+    """:class:`StudyExistsError` if the output folder holds a study and ``--resume`` was not given."""
+    if (opts.output / STUDY_FILE).exists() and not opts.resume:
+        raise StudyExistsError(f"{opts.output} already holds a study ({STUDY_FILE}); pass --resume to continue it "
+                               f"or --output to start a new one")
+
+
 def prepare_output(spec: StudySpec, opts: RunOptions) -> dict:
     """Create the output folder and write ``study.json``; refuse to overwrite a study."""
+    refuse_existing(opts)
     out = opts.output
     meta_path = out / STUDY_FILE
-    if meta_path.exists() and not opts.resume:
-        raise StudyExistsError(f"{out} already holds a study ({STUDY_FILE}); pass --resume to continue it "
-                               f"or --output to start a new one")
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({
@@ -227,6 +232,14 @@ def _optuna_searcher(spec: StudySpec, opts: RunOptions) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
 
 
+def _trainable(spec: StudySpec):
+    """The trial function with the study's fixed settings and per-trial resources."""
+    return tune.with_resources(
+        tune.with_parameters(trial_entry, fixed=spec.trainable_config(), method=spec.method),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
+    )
+
+
 def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
     """The Tuner: trainable with resources, Optuna searcher behind a concurrency limit, ASHA."""
     if spec.sampler == "grid":
@@ -243,10 +256,7 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
         )
     else:
         scheduler = FIFOScheduler()
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_entry, fixed=spec.trainable_config(), method=spec.method),
-        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
-    )
+    trainable = _trainable(spec)
     return Tuner(
         trainable,
         param_space=param_space,
@@ -254,7 +264,7 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
                                num_samples=1 if spec.sampler == "grid" else spec.samples,
                                max_concurrent_trials=spec.concurrency if spec.sampler == "grid" else None,
                                # One trial after another in the same worker process: saves the
-                               # process start and imports, about 5 s a trial (benchmarks/
+                               # process start and imports, about 7 s a trial (benchmarks/
                                # harness_overhead.py). WSSS_REUSE_ACTORS=0 starts a fresh one each time.
                                reuse_actors=os.environ.get("WSSS_REUSE_ACTORS", "1") != "0"),
         run_config=RunConfig(
@@ -272,10 +282,7 @@ def restore_tuner(spec: StudySpec, tune_path: str, callbacks: list) -> Tuner:
     """The interrupted experiment, restored: the same trials (unfinished ones resume from their
     last checkpoint, errored ones get their retries), the searcher's state (so Optuna repeats no
     configuration) and this run's callbacks (the pickled ones hold the old run's counters)."""
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_entry, fixed=spec.trainable_config(), method=spec.method),
-        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
-    )
+    trainable = _trainable(spec)
     tuner = Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
     tuner._local_tuner.get_run_config().callbacks = callbacks  # private: ray is pinned (tests/test_resume.py)
     return tuner
@@ -283,7 +290,7 @@ def restore_tuner(spec: StudySpec, tune_path: str, callbacks: list) -> Tuner:
 
 def reconcile_records(spec: StudySpec, opts: RunOptions, tracker: StudyTracker, parent: str, known: set[str],
                       log=print) -> None:
-    """After a study that was interrupted and resumed: records of trials Ray never saved (the
+    """After a resumed study: records of trials Ray never saved (the
     driver was killed between the searcher's suggestion and Ray's next experiment checkpoint)
     are closed, so nothing is left RUNNING. Their Optuna trials are told FAIL with the
     ``wsss.lost`` attribute; their MLflow child runs are deleted (they never trained past the
@@ -312,8 +319,7 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
     """Run the whole study; returns a summary dict (best trial, report path, counts)."""
     from reports.build import build_report
 
-    if (opts.output / STUDY_FILE).exists() and not opts.resume:  # before Ray: refused at once
-        prepare_output(spec, opts)
+    refuse_existing(opts)  # before Ray starts: refused at once
     # Ray first: a cluster whose nodes do not share the storage is refused before anything is written.
     log(f"[wsss-study] starting Ray ({opts.address}) ...")
     init_ray(opts.address, spec)
@@ -384,7 +390,8 @@ def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
     finally:
         if status != "FINISHED":
             tracker.end(parent, status)
-    reconcile_records(spec, opts, tracker, parent, {t.trial_id for t in trials}, log)
+    if opts.resume:  # only a stopped driver can leave records Ray never saved
+        reconcile_records(spec, opts, tracker, parent, {t.trial_id for t in trials}, log)
 
     report = build_report(opts.output)
     tracker.client.log_artifact(parent, str(report.markdown))

@@ -197,12 +197,9 @@ def train_cam_method(config: dict, recipe: CamRecipe, defaults: dict, reporter: 
             done = epoch + 1 == last
             if done or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
                 model.eval()
-                cam_fn = recipe.cam_fn(net, cfg)
-                if epoch + 1 == int(t["epochs"]) and cfg["eval"]["save_predictions"]:
-                    with trial_output("predictions") as save:
-                        metrics.update(as_segmentation_metrics(evaluate_cams(cam_fn, ds, cfg, device, save)))
-                else:
-                    metrics.update(as_segmentation_metrics(evaluate_cams(cam_fn, ds, cfg, device)))
+                final = epoch + 1 == int(t["epochs"])
+                with trial_output("predictions", enabled=final and cfg["eval"]["save_predictions"]) as save:
+                    metrics.update(as_segmentation_metrics(evaluate_cams(recipe.cam_fn(net, cfg), ds, cfg, device, save)))
                 model.train()
             else:  # every report carries val/* for ASHA and the searcher
                 metrics.update({k: v for k, v in history[-1].items() if k.startswith(("val/", "train/cam"))})

@@ -423,11 +423,8 @@ def train(config: dict, reporter: Reporter | None = None) -> list[dict]:
             # Every report carries val/* (ASHA and the searcher read the metric each time): between
             # evaluations the last values are repeated.
             if last or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
-                if last and cfg["eval"]["save_predictions"]:
-                    with trial_output("predictions") as save:
-                        metrics.update(evaluate(model, ds, cfg, device, save))
-                else:
-                    metrics.update(evaluate(model, ds, cfg, device))
+                with trial_output("predictions", enabled=last and cfg["eval"]["save_predictions"]) as save:
+                    metrics.update(evaluate(model, ds, cfg, device, save))
             else:
                 metrics.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
             ckpt = None

@@ -173,12 +173,15 @@ def check_loss(loss: torch.Tensor, cfg: dict, epoch: int, step: int, terms: dict
 
 
 @contextmanager
-def trial_output(name: str):
+def trial_output(name: str, enabled: bool = True):
     """A folder for files a trial leaves behind (e.g. predictions): inside a Ray Tune trial, a
     local temporary folder copied to ``<trial folder>/<name>`` in the experiment storage when the
     block ends (local, NFS or a cloud URI alike, and right with reused worker processes, whose
     working folder and ``get_trial_dir()`` belong to an earlier trial); outside Tune,
-    ``./<name>``."""
+    ``./<name>``. With ``enabled`` false it yields None and writes nothing."""
+    if not enabled:
+        yield None
+        return
     if not in_tune_session():
         path = Path.cwd() / name
         path.mkdir(parents=True, exist_ok=True)
