@@ -58,7 +58,7 @@ EXTRA = ("train/pseudo/precision", "train/pseudo/coverage", "train/reassign/chan
 def _run(config: dict, threads: int) -> dict:
     import torch
 
-    from trainables.single_stage import train
+    from trainables.methods.single_stage import train
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

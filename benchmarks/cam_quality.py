@@ -47,7 +47,7 @@ def _run(method: str, config: dict, threads: int) -> dict:
     t0 = time.perf_counter()
     if method == "start":
         return {**_start_quality(config), "time/run_s": time.perf_counter() - t0}
-    from trainables.methods import METHODS
+    from trainables.methods.registry import METHODS
 
     hist = METHODS[method].train(config)
     rounds = [h for i, h in enumerate(hist) if "train/round" in h
@@ -60,11 +60,11 @@ def _start_quality(config: dict) -> dict:
     """The shared classification checkpoint's CAMs, evaluated like every row."""
     import torch
 
-    from trainables.cam_baseline import DEFAULTS, CamBaselineNet
-    from trainables.cam_eval import evaluate_cams
-    from trainables.config import merge
-    from trainables.datasets import load_dataset
-    from trainables.trial import load_start_weights
+    from trainables.methods.cam import DEFAULTS, CamBaselineNet
+    from trainables.evaluation.cam_eval import evaluate_cams
+    from trainables.settings.tree import merge
+    from trainables.data.registry import load_dataset
+    from trainables.loop.trial import load_start_weights
 
     cfg = merge(DEFAULTS, config)
     ds = load_dataset(cfg["data"])

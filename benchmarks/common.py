@@ -48,7 +48,7 @@ def prepare_checkpoint(method: str, config: dict, threads: int) -> None:
     that share them, so that none of them trains it twice)."""
     import torch
 
-    from trainables.methods import METHODS
+    from trainables.methods.registry import METHODS
 
     torch.set_num_threads(threads)
     METHODS[method].prepare(config, log=lambda _: None)

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainables.dense_energy import LATTICE_GAIN, bilateral_filter_exact, bilateral_filter_lattice
+from trainables.losses.dense_energy import LATTICE_GAIN, bilateral_filter_exact, bilateral_filter_lattice
 
 
 def photo(size: int, device: torch.device) -> torch.Tensor:

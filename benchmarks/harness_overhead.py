@@ -45,8 +45,8 @@ def direct(space: str, out: Path, epochs: int) -> float:
     import torch
 
     from study.space import load_spec
-    from trainables.config import merge
-    from trainables.methods import METHODS
+    from trainables.settings.tree import merge
+    from trainables.methods.registry import METHODS
 
     spec = load_spec(space, [f"fixed.train.epochs={epochs}"])
     trials = pd.read_parquet(out / "trials.parquet")

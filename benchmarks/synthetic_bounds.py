@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_config_args, base_config  # noqa: E402
 
-from trainables.single_stage import train  # noqa: E402
+from trainables.methods.single_stage import train  # noqa: E402
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ VOC = {
 def _train_run(config: dict, threads: int) -> dict:
     import torch
 
-    from trainables.single_stage import train
+    from trainables.methods.single_stage import train
 
     torch.set_num_threads(threads)
     hist = train(config)
@@ -60,7 +60,7 @@ def _train_run(config: dict, threads: int) -> dict:
 
 
 def _training(configs: list[str], workers: list[int], device: str, threads: int) -> None:
-    from trainables.config import merge
+    from trainables.settings.tree import merge
 
     cpu = merge(base_config(argparse.Namespace(space="search_spaces/aal.yaml", study=None, set=[], epochs=None)), {})
     cpu["data"] = {**cpu["data"], "num_train": 128, "num_val": 8}
@@ -86,7 +86,7 @@ def _label_inputs(n: int, crop: int = 321):
     import torch
     import torch.nn.functional as F
 
-    from trainables.synthetic import DEFAULTS, generate_synthetic
+    from trainables.data.synthetic import DEFAULTS, generate_synthetic
 
     ds = generate_synthetic({**DEFAULTS, "num_train": n, "num_val": 1, "image_size": 352, "seed": 1,
                              "min_radius": 40, "max_radius": 120})
@@ -98,7 +98,7 @@ def _label_inputs(n: int, crop: int = 321):
 
 
 def _labels(n_images: int, max_workers: int, batch: int = 4) -> None:
-    from trainables.pseudo_labels import PseudoLabelConfig, PseudoLabeler
+    from trainables.pseudo.labels import PseudoLabelConfig, PseudoLabeler
 
     rgb, cams, labels = _label_inputs(n_images)
     cfg = PseudoLabelConfig()

@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from trainables.config import merge
-    from trainables.datasets import load_dataset
-    from trainables.single_stage import DEFAULTS, SingleStageNet, evaluate, train
-    from trainables.cam_eval import evaluate_cams
-    from trainables.trial import Float32Net, resolve_device
+    from trainables.settings.tree import merge
+    from trainables.data.registry import load_dataset
+    from trainables.methods.single_stage import DEFAULTS, SingleStageNet, evaluate, train
+    from trainables.evaluation.cam_eval import evaluate_cams
+    from trainables.loop.trial import Float32Net, resolve_device
 
     tmp = None
     root = args.root

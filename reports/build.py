@@ -79,7 +79,7 @@ def collect(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             "miou_nocrf": metrics.get("val/miou_nocrf", math.nan),
             "cam_miou": metrics.get("val/cam_miou", math.nan),
             "train_cam_miou": metrics.get("train/cam_miou", math.nan),
-            # The background threshold of the CAM masks, chosen on train (trainables/cam_eval.py).
+            # The background threshold of the CAM masks, chosen on train (trainables/evaluation/cam_eval.py).
             "cam_threshold": metrics.get("train/cam_threshold", math.nan),
             "epochs": int(metrics.get("epoch", 0)),
             "score": metrics.get(meta["metric"], math.nan),

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.space import SpaceError, StudySpec, apply_override, load_spec, parse_document, read_document
-from trainables.config import flatten, merge, unflatten
+from trainables.settings.tree import flatten, merge, unflatten
 
 COMPARE_KEYS = ("name", "description", "compare", "budget")
 COMPARE_FILE = "compare.json"

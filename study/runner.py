@@ -23,12 +23,13 @@ from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tun
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from study.private_api import set_restored_callbacks, set_trial_user_attr
 from study.progress import ProgressCallback
 from study.search import DefineByRunSpace, PrunedAwareOptunaSearch, build_sampler
 from study.space import StudySpec
 from study.tracking import MlflowTrialCallback, StudyTracker, git_commit, package_versions
-from trainables.config import flatten, merge
-from trainables.methods import METHODS
+from trainables.settings.tree import flatten, merge
+from trainables.methods.registry import METHODS
 
 STUDY_FILE = "study.json"
 TUNE_DIR = "tune"  # the Ray Tune experiment, under the output folder
@@ -284,7 +285,7 @@ def restore_tuner(spec: StudySpec, tune_path: str, callbacks: list) -> Tuner:
     configuration) and this run's callbacks (the pickled ones hold the old run's counters)."""
     trainable = _trainable(spec)
     tuner = Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
-    tuner._local_tuner.get_run_config().callbacks = callbacks  # private: ray is pinned (tests/test_resume.py)
+    set_restored_callbacks(tuner, callbacks)  # Tuner.restore takes no callbacks (ray 2.60)
     return tuner
 
 
@@ -305,10 +306,11 @@ def reconcile_records(spec: StudySpec, opts: RunOptions, tracker: StudyTracker, 
             study = optuna.load_study(study_name=spec.name, storage=storage)
         except KeyError:
             study = None
-        for t in study.get_trials(deepcopy=False) if study else []:
-            if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("ray.trial_id") not in known:
-                storage.set_trial_user_attr(t._trial_id, "wsss.lost", "driver stopped before Ray saved the trial")
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if study else []
+        for t in running:
+            if t.user_attrs.get("ray.trial_id") not in known:
+                set_trial_user_attr(study, t, "wsss.lost", "driver stopped before Ray saved the trial")
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 lost_trials += 1
     if lost_runs or lost_trials:
         log(f"[wsss-study] closed records of trials lost when the driver stopped: {len(lost_runs)} MLflow "
@@ -377,9 +379,11 @@ def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
             tuner = build_tuner(spec, opts, callbacks)
             log(f"[wsss-study] running {spec.samples} trials ({spec.concurrency} at once) ...")
         results = tuner.fit()
-        trials = results._experiment_analysis.trials
-        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-        if unfinished or len(trials) < spec.samples:  # Ray Tune returns on SIGINT after saving its state
+        # Every trial, finished or not, is in the ResultGrid; "trial_id" is one of Tune's
+        # auto-filled metrics, set even for a trial that never reported.
+        trial_ids = {r.metrics["trial_id"] for r in results}
+        unfinished = len(results) - results.num_terminated - results.num_errors
+        if unfinished or len(results) < spec.samples:  # Ray Tune returns on SIGINT after saving its state
             status = "KILLED"
             raise KeyboardInterrupt
         errors = sum(1 for r in results if r.error is not None)
@@ -391,7 +395,7 @@ def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
         if status != "FINISHED":
             tracker.end(parent, status)
     if opts.resume:  # only a stopped driver can leave records Ray never saved
-        reconcile_records(spec, opts, tracker, parent, {t.trial_id for t in trials}, log)
+        reconcile_records(spec, opts, tracker, parent, trial_ids, log)
 
     report = build_report(opts.output)
     tracker.client.log_artifact(parent, str(report.markdown))

@@ -9,6 +9,7 @@ told as PRUNED here; their intermediate values stay in the study, as with Optuna
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -16,7 +17,11 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from study.private_api import searcher_optuna_study, searcher_optuna_trials
 from study.space import ParamSpec
+
+logger = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class DefineByRunSpace:
@@ -49,59 +54,75 @@ class DefineByRunSpace:
 class PrunedAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells a trial stopped before ``max_t`` iterations as PRUNED.
 
-    Touches ``_ot_trials`` and ``_ot_study`` of Ray's class: pinned to ray 2.60 and covered by
-    ``tests/test_search.py``.
+    Reaches Ray's Optuna study and trials through :mod:`study.private_api` (pinned to ray 2.60,
+    covered by ``tests/test_search.py``); keeps its own record of the trials it told
+    (``_told``), so Ray's ``_completed_trials`` is not used.
     """
+
+    # Ray trial ids whose Optuna trial this searcher has finished (pickled with the searcher by
+    # Ray's save; the class default covers a searcher pickled before this attribute existed).
+    _told: frozenset[str] = frozenset()
 
     def __init__(self, *args, max_t: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_t = int(max_t)
+        self._told = frozenset()
 
     def suggest(self, trial_id: str):
         """Optuna's suggestion, with the Ray trial id kept on the Optuna trial (``ray.trial_id``)
         so that a resumed study can tell its trials from ones lost when the driver was killed."""
         config = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("ray.trial_id", trial_id)
+        ot_trial = searcher_optuna_trials(self).get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("ray.trial_id", trial_id)
         return config
 
     def _told_already(self, trial_id: str) -> bool:
         """True when the Optuna trial is already finished in the storage though this searcher's
         restored state says otherwise: a driver killed after telling Optuna but before Ray saved
         its experiment state. The first outcome told stands (Optuna cannot be told twice)."""
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        ot_trial = searcher_optuna_trials(self).get(trial_id)
+        if ot_trial is None or trial_id in self._told:
             return False
-        state = self._ot_study._storage.get_trial(ot_trial._trial_id).state
-        if state.is_finished():
-            self._completed_trials.add(trial_id)
+        # Finished trials are cached by Optuna's storage: this reads only the unfinished ones.
+        finished = searcher_optuna_study(self).get_trials(deepcopy=False, states=FINISHED)
+        if any(t.number == ot_trial.number for t in finished):
+            self._told = self._told | {trial_id}
             return True
         return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not self._told_already(trial_id):
+        if trial_id in self._told:  # as Ray's OptunaSearch does for a trial it finished
+            logger.warning("Received additional result for trial %s, but it already finished. Result: %s",
+                           trial_id, result)
+        elif not self._told_already(trial_id):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if self._told_already(trial_id):
             return
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._told:
+            logger.warning("Received additional completion for trial %s, but it already finished. Result: %s",
+                           trial_id, result)
+            return
+        ot_trial = searcher_optuna_trials(self).get(trial_id)
+        if ot_trial is None:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
-        ot_trial = self._ot_trials[trial_id]
+        study = searcher_optuna_study(self)
         value = (result or {}).get(self.metric)
         done = int((result or {}).get("training_iteration", 0))
         finite = isinstance(value, (int, float)) and math.isfinite(value)
         if error or (result and not finite):
             # Ray tells an errored trial that had reported once as COMPLETE: it is a failure.
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            study.tell(ot_trial, state=TrialState.FAIL)
         elif result and done < self.max_t:
             # Intermediate values were reported by on_trial_result; Optuna keeps them.
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            study.tell(ot_trial, state=TrialState.PRUNED)
         else:
-            self._ot_study.tell(ot_trial, float(value) if finite else None,
-                                state=TrialState.COMPLETE if finite else TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+            study.tell(ot_trial, float(value) if finite else None,
+                       state=TrialState.COMPLETE if finite else TrialState.PRUNED)
+        self._told = self._told | {trial_id}
 
 
 def build_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:

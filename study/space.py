@@ -6,7 +6,7 @@ the CLI can print one line and exit 2. The schema (README "Search-space YAML"):
 .. code-block:: yaml
 
     name: aal-synthetic           # study name: MLflow experiment, default output folder
-    method: aal                   # a registered method (trainables.methods)
+    method: aal                   # a registered method (trainables.methods.registry)
     data: {name: synthetic}       # dataset section, checked by the dataset's own validator
     fixed: {train: {epochs: 8}}   # trainable settings shared by every trial (nested or dotted)
     search:                       # searched settings, by dotted key, in suggestion order
@@ -32,10 +32,10 @@ from typing import Any
 
 import yaml
 
-from trainables.methods import METHODS
-from trainables.config import ConfigError, check_keys, flatten, merge, unflatten
-from trainables.backbones import BackboneError, check_backbone_weights
-from trainables.datasets import PATH_KEYS, check_data_spec
+from trainables.methods.registry import METHODS
+from trainables.settings.tree import ConfigError, check_keys, flatten, merge, unflatten
+from trainables.nets.backbones import BackboneError, check_backbone_weights
+from trainables.data.registry import PATH_KEYS, check_data_spec
 
 
 class SpaceError(ValueError):

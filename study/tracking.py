@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from trainables.config import flatten
+from trainables.settings.tree import flatten
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray.trial_id"

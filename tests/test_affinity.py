@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trainables.affinity import affinity_loss, binary_kl, neighbour_offsets, pixel_confidence
+from trainables.losses.affinity import affinity_loss, binary_kl, neighbour_offsets, pixel_confidence
 
 
 def _pair(labels, p0=(0.9, 0.1), p1=(0.6, 0.4)):

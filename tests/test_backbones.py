@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.backbones import (BackboneError, EfficientNetLite0, build_backbone, load_backbone_weights,
+from trainables.nets.backbones import (BackboneError, EfficientNetLite0, build_backbone, load_backbone_weights,
                                   packaged_lite0_weights)
-from trainables.data import IMAGENET_MEAN, IMAGENET_STD
-from trainables.model import SingleStageNet
+from trainables.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from trainables.nets.segmentation import SingleStageNet
 
 
 def test_lite0_matches_reference_implementation_on_packaged_weights():

@@ -1,11 +1,11 @@
-"""Tests for trainables/cam.py: CAM normalisation, multi-scale CAMs, background score."""
+"""Tests for trainables/pseudo/cam.py: CAM normalisation, multi-scale CAMs, background score."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainables.cam import background_score, multiscale_cams, normalise_cams
+from trainables.pseudo.cam import background_score, multiscale_cams, normalise_cams
 
 
 def test_normalise_cams_relu_absent_class_and_max():

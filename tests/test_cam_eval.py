@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.cam import multiscale_cams
-from trainables.cam_eval import (as_segmentation_metrics, crf_cam_mask, evaluate_cams, threshold_grid,
+from trainables.pseudo.cam import multiscale_cams
+from trainables.evaluation.cam_eval import (as_segmentation_metrics, crf_cam_mask, evaluate_cams, threshold_grid,
                                  train_subset)
-from trainables.classifier import CAM_METHOD_DEFAULTS
-from trainables.config import merge
-from trainables.data import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, Split
-from trainables.pseudo_labels import CrfSettings
+from trainables.methods.classifier import CAM_METHOD_DEFAULTS
+from trainables.settings.tree import merge
+from trainables.data.dataset import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, Split
+from trainables.pseudo.labels import CrfSettings
 
 
 def red_channel_cam(x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +123,8 @@ def test_multiscale_cams_flip_averages_the_mirrored_pass():
 
 @pytest.mark.parametrize("method", ["aal", "cam", "seam", "sccam"])
 def test_every_method_checks_the_cam_evaluation_settings(method):
-    from trainables.config import ConfigError
-    from trainables.methods import METHODS
+    from trainables.settings.tree import ConfigError
+    from trainables.methods.registry import METHODS
 
     m = METHODS[method]
     m.check(m.defaults)

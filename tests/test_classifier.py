@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.classifier import CAM_METHOD_DEFAULTS, round_epochs, train_cam_method
-from trainables.config import merge
-from trainables.datasets import load_dataset
-from trainables.methods import METHODS
-from trainables.pretrain import classification_pretrain
-from trainables.single_stage import Reporter
-from trainables.trial import load_start_weights
+from trainables.methods.classifier import CAM_METHOD_DEFAULTS, round_epochs, train_cam_method
+from trainables.settings.tree import merge
+from trainables.data.registry import load_dataset
+from trainables.methods.registry import METHODS
+from trainables.loop.pretrain import classification_pretrain
+from trainables.methods.single_stage import Reporter
+from trainables.loop.trial import load_start_weights
 
 TINY = {"data": {"num_train": 16, "num_val": 6, "image_size": 32}, "model": {"width": 16},
         "pretrain": {"epochs": 1, "batch_size": 8}, "train": {"epochs": 1, "batch_size": 8, "crop": 32},
@@ -43,7 +43,7 @@ def test_each_cam_method_runs_one_tiny_epoch_end_to_end(method):
 def test_start_weights_are_the_shared_classification_checkpoint():
     cfg = merge(CAM_METHOD_DEFAULTS, TINY)
     ds = load_dataset(cfg["data"])
-    from trainables.seam import SeamNet
+    from trainables.methods.seam import SeamNet
 
     net = SeamNet(cfg["model"], ds.num_fg)
     pcm_before = net.pcm.fuse.weight.detach().clone()
@@ -73,7 +73,7 @@ class StopAfter(Reporter):
 
 
 def test_resume_inside_and_between_rounds_matches_an_uninterrupted_run():
-    from trainables import sccam
+    from trainables.methods import sccam
 
     cfg = merge(TINY, {"train": {"epochs": 3}, "sccam": {"k": 2, "rounds": 2}})  # rounds of 2 and 1 epochs
     full = sccam.train(cfg)

@@ -1,4 +1,4 @@
-"""Tests for trainables/config.py: flatten/unflatten, merge, key checking."""
+"""Tests for trainables/settings/tree.py: flatten/unflatten, merge, key checking."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from trainables.config import ConfigError, check_keys, flatten, merge, unflatten
+from trainables.settings.tree import ConfigError, check_keys, flatten, merge, unflatten
 
 TREE = {
     "model": {"backbone": "small_cnn", "width": 32, "weights": None},

@@ -1,7 +1,7 @@
 """Validation of real datasets on disk before any trial starts: each test writes a small VOC tree
 (tests/voc_fixture.py) or folder-format dataset, breaks one thing, and checks that loading raises
 DataError listing a problem that names the file. Also: the message's "... and N more", the scan
-cache forgetting fixed files, the dispatch in trainables/datasets.py and the CLI's exit 2."""
+cache forgetting fixed files, the dispatch in trainables/data/registry.py and the CLI's exit 2."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ if str(TESTS) not in sys.path:
 
 from voc_fixture import make_voc  # noqa: E402
 
-from trainables.config import ConfigError  # noqa: E402
-from trainables.data import cache_dir  # noqa: E402
-from trainables.datasets import check_data_spec, load_dataset  # noqa: E402
-from trainables.folder import load_folder, write_folder  # noqa: E402
-from trainables.imagefiles import DataError, read_mask, write_palette_png  # noqa: E402
-from trainables.voc import load_voc  # noqa: E402
+from trainables.settings.tree import ConfigError  # noqa: E402
+from trainables.data.dataset import cache_dir  # noqa: E402
+from trainables.data.registry import check_data_spec, load_dataset  # noqa: E402
+from trainables.data.folder import load_folder, write_folder  # noqa: E402
+from trainables.data.imagefiles import DataError, read_mask, write_palette_png  # noqa: E402
+from trainables.data.voc import load_voc  # noqa: E402
 
 ROOT = TESTS.parent
 VOC_SPACE = "search_spaces/aal_voc.yaml"
@@ -45,7 +45,7 @@ def small_voc(tmp_path: Path, **kw) -> dict:
 
 def small_folder(tmp_path: Path) -> Path:
     """The synthetic benchmark (6 train, 3 val, 64x64, 6 classes) in the folder format."""
-    from trainables.synthetic import DEFAULTS, load_synthetic
+    from trainables.data.synthetic import DEFAULTS, load_synthetic
 
     ds = load_synthetic({**DEFAULTS, "num_train": 6, "num_val": 3})
     return write_folder(ds, tmp_path / "folder")
@@ -353,7 +353,7 @@ def test_folder_unknown_class(tmp_path):
 
 
 def test_voc_label_file_unknown_class(tmp_path):
-    from trainables.voc import CLASS_NAMES
+    from trainables.data.voc import CLASS_NAMES
 
     v = small_voc(tmp_path)
     label_file = tmp_path / "labels.csv"

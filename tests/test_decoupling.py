@@ -1,4 +1,4 @@
-"""Tests for trainables/decoupling.py: LDF body/detail maps, decoupled CE weights and the
+"""Tests for trainables/losses/decoupling.py: LDF body/detail maps, decoupled CE weights and the
 weighted balanced cross-entropy."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.decoupling import body_detail, decoupled_weights, weighted_balanced_ce_loss
-from trainables.losses import balanced_ce_loss
+from trainables.losses.decoupling import body_detail, decoupled_weights, weighted_balanced_ce_loss
+from trainables.losses.classification import balanced_ce_loss
 
 IGN = 255
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.dense_energy import (bilateral_filter_exact, bilateral_filter_lattice, choose_filter,
+from trainables.losses.dense_energy import (bilateral_filter_exact, bilateral_filter_lattice, choose_filter,
                                      dense_energy_loss, permutohedral_filter)
 
 
@@ -109,7 +109,7 @@ def test_gradcheck_with_gate_constant(impl):
     def frozen(lg):
         return dense_energy_loss(lg, image, pseudo, sigma_rgb=20.0, sigma_xy=2.0, scale=1.0, impl=impl)
 
-    from trainables import dense_energy as de
+    from trainables.losses import dense_energy as de
 
     with torch.no_grad():
         p = torch.softmax(logits, 1)

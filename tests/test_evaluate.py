@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.config import merge
-from trainables.data import SegmentationDataset, Split
-from trainables.single_stage import DEFAULTS, evaluate
+from trainables.settings.tree import merge
+from trainables.data.dataset import SegmentationDataset, Split
+from trainables.methods.single_stage import DEFAULTS, evaluate
 
 
 def _dataset() -> SegmentationDataset:
@@ -83,7 +83,7 @@ def test_segment_probs_averages_scales_and_mirrors():
     import torch
     import torch.nn.functional as F
 
-    from trainables.single_stage import segment_probs
+    from trainables.methods.single_stage import segment_probs
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 12)

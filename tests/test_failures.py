@@ -142,7 +142,7 @@ def test_out_of_memory_becomes_an_error_that_says_what_to_change(monkeypatch):
     import torch
 
     from study import runner
-    from trainables.methods import METHODS
+    from trainables.methods.registry import METHODS
 
     def oom(config):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

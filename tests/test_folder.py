@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables.datasets import load_dataset
-from trainables.folder import main as folder_main
-from trainables.folder import write_folder
-from trainables.synthetic import DEFAULTS as SYN
-from trainables.synthetic import load_synthetic
+from trainables.data.registry import load_dataset
+from trainables.data.folder import main as folder_main
+from trainables.data.folder import write_folder
+from trainables.data.synthetic import DEFAULTS as SYN
+from trainables.data.synthetic import load_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_export_command_writes_the_layout(tmp_path):
     ({"name": "voc", "root": 3}, "data.root", "must be a string"),
 ])
 def test_data_section_errors_name_the_key(spec, key, phrase):
-    from trainables.config import ConfigError
+    from trainables.settings.tree import ConfigError
 
     with pytest.raises(ConfigError) as e:
         load_dataset(spec)

@@ -1,4 +1,4 @@
-"""Tests for trainables/losses.py: balanced cross-entropy and the classification loss."""
+"""Tests for trainables/losses/classification.py: balanced cross-entropy and the classification loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainables.losses import balanced_ce_loss, classification_loss
+from trainables.losses.classification import balanced_ce_loss, classification_loss
 
 IGN = 255
 

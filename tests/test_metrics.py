@@ -1,4 +1,4 @@
-"""Tests for trainables/metrics.py: confusion matrix, IoU, CAM threshold sweep, pseudo-label counts."""
+"""Tests for trainables/evaluation/metrics.py: confusion matrix, IoU, CAM threshold sweep, pseudo-label counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.metrics import (
+from trainables.evaluation.metrics import (
     CamThresholdSweep,
     cam_masks,
     confusion_matrix,

@@ -1,4 +1,4 @@
-"""Tests for trainables/pseudo_labels.py: reliable pseudo labels, the CRF wrapper, batching."""
+"""Tests for trainables/pseudo/labels.py: reliable pseudo labels, the CRF wrapper, batching."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.pseudo_labels import PseudoLabelConfig, batch_reliable_labels, dense_crf, reliable_labels
+from trainables.pseudo.labels import PseudoLabelConfig, batch_reliable_labels, dense_crf, reliable_labels
 
 IGN = 255
 
@@ -244,7 +244,7 @@ def test_pool_gives_the_serial_labels_and_confidence():
     # Real CRFs on real texture crops, four images with different class sets (one with none).
     from skimage import data as skdata
 
-    from trainables.pseudo_labels import PseudoLabeler
+    from trainables.pseudo.labels import PseudoLabeler
 
     photo = skdata.astronaut()[::8, ::8][:40, :48]
     rgb = np.stack([photo, photo[::-1], photo[:, ::-1], photo[::-1, ::-1]]).copy()

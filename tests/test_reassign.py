@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from trainables.reassign import class_prototypes, label_reassign_loss, prototype_contrastive_loss, reassign_labels
+from trainables.losses.reassign import class_prototypes, label_reassign_loss, prototype_contrastive_loss, reassign_labels
 
 
 def _map(*pixels, dtype=torch.float32):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.config import ConfigError, merge
-from trainables.datasets import load_dataset
-from trainables.sccam import DEFAULTS, SubcategoryNet, begin_round, check, image_features, sccam_terms
-from trainables.data import augment_batch
+from trainables.settings.tree import ConfigError, merge
+from trainables.data.registry import load_dataset
+from trainables.methods.sccam import DEFAULTS, SubcategoryNet, begin_round, check, image_features, sccam_terms
+from trainables.data.dataset import augment_batch
 
 TINY = merge(DEFAULTS, {"data": {"num_train": 24, "num_val": 4, "image_size": 32},
                         "model": {"backbone": "small_cnn", "width": 16}, "sccam": {"k": 3}})
@@ -56,7 +56,7 @@ def test_step_uses_the_batch_rows_of_the_sub_labels():
 
 
 def test_every_round_restarts_from_the_start_weights_with_the_previous_rounds_features(monkeypatch):
-    from trainables import classifier, sccam
+    from trainables.methods import classifier, sccam
 
     loads = []
     real_load = classifier.load_start_weights
@@ -69,7 +69,7 @@ def test_every_round_restarts_from_the_start_weights_with_the_previous_rounds_fe
         real(r, previous, ds, cfg, state)
 
     monkeypatch.setattr(sccam, "RECIPE", sccam.RECIPE.__class__(**{**sccam.RECIPE.__dict__, "begin_round": spy}))
-    from trainables.classifier import train_cam_method
+    from trainables.methods.classifier import train_cam_method
 
     hist = train_cam_method(merge(TINY, {"train": {"epochs": 2, "batch_size": 8, "crop": 32},
                                          "pretrain": {"epochs": 1, "batch_size": 8}, "sccam": {"rounds": 2}}),

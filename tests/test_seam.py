@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.config import ConfigError, merge
-from trainables.data import TrainBatch
-from trainables.seam import DEFAULTS, SeamNet, adaptive_min_pooling_loss, check, seam_cam_fn, seam_terms
+from trainables.settings.tree import ConfigError, merge
+from trainables.data.dataset import TrainBatch
+from trainables.methods.seam import DEFAULTS, SeamNet, adaptive_min_pooling_loss, check, seam_cam_fn, seam_terms
 
 MODEL = {"backbone": "small_cnn", "width": 16, "channels_last": False}
 

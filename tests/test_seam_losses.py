@@ -1,11 +1,11 @@
-"""Tests for trainables/seam_losses.py: SEAM's max_norm, PCM, ER and ECR losses (hand-made maps)."""
+"""Tests for trainables/losses/seam.py: SEAM's max_norm, PCM, ER and ECR losses (hand-made maps)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainables.seam_losses import (
+from trainables.losses.seam import (
     PixelCorrelation,
     add_background,
     downscale,

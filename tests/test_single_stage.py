@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trainables.single_stage import train
+from trainables.methods.single_stage import train
 
 TINY = {
     "data": {"name": "synthetic", "num_train": 16, "num_val": 8, "image_size": 32, "seed": 3},
@@ -71,7 +71,7 @@ def test_frozen_bn_stats_normalises_with_the_batch_but_keeps_running_statistics(
     import torch
     from torch import nn
 
-    from trainables.model import frozen_bn_stats
+    from trainables.nets.segmentation import frozen_bn_stats
 
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).train()
     x = torch.randn(2, 3, 5, 5) * 3 + 1
@@ -122,8 +122,8 @@ def test_bf16_autocast_trains_with_float32_losses():
 def test_float32net_runs_the_network_in_bf16_and_returns_float32():
     import torch
 
-    from trainables.model import SingleStageNet
-    from trainables.single_stage import Float32Net
+    from trainables.nets.segmentation import SingleStageNet
+    from trainables.methods.single_stage import Float32Net
 
     torch.manual_seed(0)
     model = SingleStageNet({"backbone": "small_cnn", "width": 8, "seg_hidden": 8}, 3).eval()

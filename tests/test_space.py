@@ -377,7 +377,7 @@ def test_spec_digest_changes_with_overrides():
 SOURCE_BUG_CASES = {
     # study/space.py _check_value_type: int(value) raises OverflowError for .inf
     "fixed_epochs_inf": (mutate(lambda d: d["fixed"]["train"].update(epochs=float("inf"))), "fixed.train.epochs"),
-    # trainables/datasets.py _check_synthetic: int(value) raises ValueError / OverflowError
+    # trainables/data/registry.py _check_synthetic: int(value) raises ValueError / OverflowError
     "data_num_train_nan": (mutate(lambda d: d["data"].update(num_train=float("nan"))), "data.num_train"),
     "data_num_train_inf": (mutate(lambda d: d["data"].update(num_train=float("inf"))), "data.num_train"),
 }

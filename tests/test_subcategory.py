@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import trainables.subcategory as sc
-from trainables.subcategory import (
+import trainables.pseudo.subcategory as sc
+from trainables.pseudo.subcategory import (
     SubcategoryLabels,
     cluster_purity,
     kmeans,

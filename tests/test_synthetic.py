@@ -1,12 +1,12 @@
-"""Tests for trainables/synthetic.py: determinism, label/mask consistency, the on-disk cache."""
+"""Tests for trainables/data/synthetic.py: determinism, label/mask consistency, the on-disk cache."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from trainables import synthetic
-from trainables.synthetic import (
+from trainables.data import synthetic
+from trainables.data.synthetic import (
     CLASS_NAMES,
     DEFAULTS,
     cache_dir,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.data import eval_batches
-from trainables.datasets import load_dataset
-from trainables.imagefiles import read_mask, voc_palette, write_palette_png
-from trainables.metrics import confusion_matrix, per_class_iou
-from trainables.voc import CLASS_NAMES
+from trainables.data.dataset import eval_batches
+from trainables.data.registry import load_dataset
+from trainables.data.imagefiles import read_mask, voc_palette, write_palette_png
+from trainables.evaluation.metrics import confusion_matrix, per_class_iou
+from trainables.data.voc import CLASS_NAMES
 from voc_fixture import REAL_ID, make_voc, real_voc
 
 
@@ -190,7 +190,7 @@ def test_per_class_iou_on_the_real_image_by_hand():
 
 
 def test_cam_method_writes_its_val_masks_as_palette_pngs(voc, tmp_path, monkeypatch):
-    from trainables.methods import METHODS
+    from trainables.methods.registry import METHODS
 
     monkeypatch.chdir(tmp_path)  # outside Ray Tune the trial's folder is the working one
     hist = METHODS["cam"].train({

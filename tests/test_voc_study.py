@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from trainables.voc import CLASS_NAMES
+from trainables.data.voc import CLASS_NAMES
 from voc_fixture import REAL_ID, make_voc
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from trainables.imagefiles import write_palette_png
+from trainables.data.imagefiles import write_palette_png
 
 REAL_ID = "2007_000001"
 

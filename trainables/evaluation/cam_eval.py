@@ -1,0 +1,120 @@
+"""CAM evaluation that is fair between methods and says what it did (baselines.md, spec §5).
+
+A CAM becomes a mask as argmax([t; CAMs of the image's classes]) with one background threshold
+t. Papers sweep t and report the best value, often on the split they report; here t is chosen
+on the *training* split (its masks are used for that choice only) and then applied unchanged to
+val, so no number is tuned on the data it is reported on. Metrics:
+
+- ``train/cam_miou``: CAM quality on train at the chosen t (the "CAM mIoU on VOC train" that SEAM
+  and SC-CAM tabulate); ``train/cam_threshold``: that t.
+- ``val/cam_miou`` and ``val/cam_iou/<class>``: val masks at the same t; with ``eval.crf`` also
+  ``val/cam_crf_miou`` / ``val/cam_crf_iou/<class>`` after a dense CRF over [t; CAMs].
+
+Without train masks (a user's data with image labels only), or with ``eval.cam_threshold_source:
+fixed``, the configured ``eval.cam_threshold`` is used and ``train/cam_miou`` is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trainables.pseudo.cam import multiscale_cams
+from trainables.data.dataset import SegmentationDataset, eval_batches
+from trainables.data.imagefiles import write_palette_png
+from trainables.evaluation.metrics import CamThresholdSweep, cam_masks, confusion_matrix, mean_iou, per_class_iou
+from trainables.pseudo.labels import CrfSettings, dense_crf
+
+def threshold_grid(step: float, high: float) -> list[float]:
+    """[0, step, 2 step, ..., high].
+
+    Example:
+        >>> threshold_grid(0.2, 0.6)
+        [0.0, 0.2, 0.4, 0.6]
+    """
+    if step <= 0:
+        raise ValueError(f"eval.cam_threshold_step={step!r}: must be positive")
+    return [round(float(v), 6) for v in np.arange(0.0, high + step / 2, step)]
+
+
+def train_subset(n: int, count: int) -> np.ndarray | None:
+    """The training images used to choose t: all (None) or a fixed, seeded subset."""
+    if count <= 0 or count >= n:
+        return None
+    return np.sort(np.random.default_rng(0).permutation(n)[:count])
+
+
+def crf_cam_mask(rgb: np.ndarray, cams: np.ndarray, labels: np.ndarray, t: float, cfg: CrfSettings) -> np.ndarray:
+    """Dense CRF over [t; CAMs of the present classes] of one image: (H, W) class indices."""
+    present = np.flatnonzero(labels > 0)
+    scores = np.concatenate([np.full((1, *cams.shape[1:]), t, dtype=np.float32), cams[present]])
+    q = dense_crf(rgb, scores, cfg)
+    return np.concatenate([[0], present + 1])[q.argmax(0)]
+
+
+@torch.no_grad()
+def evaluate_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], ds: SegmentationDataset, cfg: dict,
+                  device: torch.device, save_dir: Path | None = None) -> dict:
+    """Choose t on train, apply it to val; ``cam_fn`` maps a normalised image batch to raw CAMs
+    (B, C_fg, h, w). Multi-scale (``cam.scales``) and ``eval.flip`` as configured. With
+    ``save_dir``, each val mask (after the CRF, if any) is written there as a VOC-palette PNG."""
+    e = cfg["eval"]
+    scales, flip, bs = cfg["cam"]["scales"], bool(e["flip"]), int(e["batch_size"])
+    metrics: dict = {}
+    source = str(e["cam_threshold_source"])
+    if source not in ("train", "fixed"):
+        raise ValueError(f"eval.cam_threshold_source={source!r}: choose train or fixed")
+    if source == "train" and ds.train.masks is not None:
+        sweep = CamThresholdSweep(ds.num_classes, threshold_grid(float(e["cam_threshold_step"]),
+                                                                 float(e["cam_threshold_max"])))
+        for _, x, labels, gt in eval_batches(ds.train, bs, train_subset(len(ds.train), int(e["cam_train_images"]))):
+            x, labels = x.to(device), labels.to(device)
+            sweep.update(multiscale_cams(cam_fn, x, labels, scales, flip=flip), gt.to(device))
+        metrics["train/cam_miou"], t, _ = sweep.best()
+    else:
+        t = float(e["cam_threshold"])
+    metrics["train/cam_threshold"] = t
+    crf = CrfSettings.from_mapping(e) if e["crf"] else None
+    conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
+    conf_crf = np.zeros_like(conf)
+    for idx, x, labels, gt in eval_batches(ds.val, bs):
+        cams = multiscale_cams(cam_fn, x.to(device), labels.to(device), scales, flip=flip)
+        masks = cam_masks(cams, [t])[0]
+        conf += confusion_matrix(masks, gt, ds.num_classes)
+        if crf is not None:
+            cams_np, labels_np = cams.float().cpu().numpy(), labels.numpy()
+            masks = np.stack([crf_cam_mask(ds.val.images[i], cams_np[j], labels_np[j], t, crf)
+                              for j, i in enumerate(idx)])
+            conf_crf += confusion_matrix(masks, gt, ds.num_classes)
+        if save_dir is not None:
+            for j, i in enumerate(idx):
+                write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", np.asarray(masks[j].cpu() if
+                                  torch.is_tensor(masks) else masks[j], dtype=np.uint8))
+    _add_iou(metrics, "val/cam", conf, ds.class_names)
+    if crf is not None:
+        _add_iou(metrics, "val/cam_crf", conf_crf, ds.class_names)
+    return metrics
+
+
+def _add_iou(metrics: dict, prefix: str, conf: np.ndarray, class_names: list[str]) -> None:
+    metrics[f"{prefix}_miou"] = mean_iou(conf)
+    for name, v in zip(class_names, per_class_iou(conf)):
+        if np.isfinite(v):  # a class in neither GT nor prediction has no IoU (metrics.py)
+            metrics[f"{prefix}_iou/{name}"] = float(v)
+
+
+def as_segmentation_metrics(cam_metrics: dict) -> dict:
+    """For methods whose output is the CAM mask: ``val/miou`` and ``val/iou/<class>`` are the
+    val masks (after the CRF when it ran; ``val/miou_nocrf`` then keeps the raw masks)."""
+    src = "val/cam_crf" if "val/cam_crf_miou" in cam_metrics else "val/cam"
+    out = dict(cam_metrics)
+    out["val/miou"] = cam_metrics[f"{src}_miou"]
+    if src == "val/cam_crf":
+        out["val/miou_nocrf"] = cam_metrics["val/cam_miou"]
+    for k, v in cam_metrics.items():
+        if k.startswith(f"{src}_iou/"):
+            out["val/iou/" + k.split("/", 2)[2]] = v
+    return out

@@ -1,0 +1,307 @@
+"""Typed settings: every setting of every method declared once, with its type, default, allowed
+values and bounds (pydantic v2).
+
+A method's settings are a :class:`Section` whose fields are sections (``model``, ``train``,
+``pretrain``, ``cam``, ``pseudo``, ``loss``, ``eval``, ``data``): the sections shared by several
+methods are declared here, a method adds or extends only what differs (``trainables/methods``).
+The search-space parser validates fixed values, ``--set`` overrides and every searched range and
+choice against these models before any trial starts (``study/space.py``); a trial receives the
+validated settings as a plain nested dict (:meth:`Section.resolve`), one way everywhere.
+
+Conventions: ``Literal[...]`` for every closed set of values, bounds where the maths needs
+them, booleans and strings strict (``off`` is not a boolean, ``1`` is not a string), integers
+accept integral floats (``3.0``, from ``--set ...=3e0``), numbers must be finite.
+
+Example:
+    >>> TrainSettings(optimizer="adam").lr
+    0.02
+    >>> TrainSettings(optimizer="adamm")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for TrainSettings
+    optimizer
+      Input should be 'sgd' or 'adam' ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from trainables.settings.tree import ConfigError, merge
+
+
+def integral(v: Any) -> Any:
+    """3.0 -> 3 (YAML and ``--set`` may give an integer as a float); anything else unchanged."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+Int = Annotated[int, BeforeValidator(integral)]
+Count = Annotated[int, BeforeValidator(integral), Field(ge=0)]  # 0, 1, 2, ...
+PositiveInt = Annotated[int, BeforeValidator(integral), Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class Section(BaseModel):
+    """A settings section: unknown keys refused, values validated on construction."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True,
+                              frozen=True, use_attribute_docstrings=True)
+
+    @classmethod
+    def resolve(cls, config: dict | None = None) -> dict:
+        """Validate ``config`` (nested or dotted keys, merged onto the defaults) and return the
+        full settings as a nested dict: what a trial reads.
+
+        Example:
+            >>> TrainSettings.resolve({"lr": 0.1})["momentum"]
+            0.9
+        """
+        return cls.model_validate(merge({}, config or {})).model_dump()
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every setting at its default, as a nested dict."""
+        return cls.resolve({})
+
+
+# --- the sections every method shares -------------------------------------------------------
+
+class ModelSettings(Section):
+    """The network. The section is the same for every method, so the shared classification
+    checkpoint (keyed on it) serves them all; ``seg_*`` are the single-stage model's head."""
+
+    backbone: Literal["small_cnn", "resnet50", "resnet101", "efficientnet_lite0"] = "small_cnn"
+    width: PositiveInt = 32
+    """small_cnn: channels of the first block (the last has 2x)."""
+    weights: str | None = None
+    """A local ImageNet weights file; for efficientnet_lite0 unset means the packaged ImageNet
+    weights and ``none`` a random initialisation. Never downloaded."""
+    seg_hidden: PositiveInt = 64
+    seg_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    output_stride: Literal[8, 16, 32] = 8
+    dilate: bool = True
+    stages: Annotated[int, BeforeValidator(integral), Field(ge=1, le=7)] = 7
+    """efficientnet_lite0: stages kept (7 = the whole network)."""
+    channels_last: bool = True
+
+
+class TrainSettings(Section):
+    """The recipe every method trains with, unless its YAML says otherwise."""
+
+    epochs: PositiveInt = 8
+    batch_size: PositiveInt = 16
+    crop: Annotated[int, BeforeValidator(integral), Field(ge=8)] = 64
+    scale_min: Positive = 0.7
+    scale_max: Positive = 1.3
+    flip: bool = True
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Positive = 0.02
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """RRM's SGD effectively runs without momentum (a bug in its optimizer helper,
+    docs/single_stage.md §4); 0.9 here, 0.0 reproduces RRM exactly."""
+    weight_decay: NonNegative = 1e-5
+    new_layer_lr_mult: Positive = 10.0
+    """New layers train at this multiple of lr (RRM, SEAM and SC-CAM all use 10)."""
+    poly_power: NonNegative = 0.9
+    seed: Count = 0
+    num_threads: Count = 0
+    """torch threads per trial; 0 leaves torch's default."""
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")] = "auto"
+    checkpoint_every: PositiveInt = 1
+    autocast: Literal["off", "bf16"] = "off"
+    """bf16: network passes under torch.autocast in bfloat16; losses and metrics stay float32."""
+    inject_nan_epoch: Count = 0
+    """Fault injection for the harness's failure handling: the loss becomes NaN at the first
+    step of this epoch (1-based; 0 = never)."""
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> "TrainSettings":
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+        return self
+
+
+class PretrainSettings(Section):
+    """The classification checkpoint shared by all trials of all methods (loop/pretrain.py):
+    ``enabled`` starts every trial from it; off, from the backbone's ImageNet weights."""
+
+    enabled: bool = True
+    epochs: PositiveInt = 20
+    lr: Positive = 1e-3
+    batch_size: PositiveInt = 32
+    weight_decay: NonNegative = 1e-5
+
+
+class CamSection(Section):
+    """CAM passes (multi-scale CAMs, averaged)."""
+
+    scales: Annotated[list[Positive], Field(min_length=1)] = [1.0]
+
+
+class CrfSettings(Section):
+    """Dense CRF settings (defaults: the test-time CRF of docs/single_stage.md §4)."""
+
+    crf_gauss_sxy: Positive = 3.0
+    crf_gauss_compat: NonNegative = 3.0
+    crf_bilateral_sxy: Positive = 83.0
+    crf_bilateral_srgb: Positive = 5.0
+    crf_bilateral_compat: NonNegative = 4.0
+    crf_iterations: PositiveInt = 10
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "CrfSettings":
+        """Built from the entries of a settings section that are fields here (the others, such
+        as ``eval.crf`` or ``pseudo.workers``, are left out)."""
+        return cls(**{k: values[k] for k in cls.model_fields if k in values})
+
+
+class PseudoLabelConfig(CrfSettings):
+    """The reliable pseudo-label rule (docs/single_stage.md §2; RRM defaults): the CAM pruning
+    cutoffs a study searches and the CRF of §2 step 1 (bilateral sxy=80 srgb=13 compat=10)."""
+
+    crf_bilateral_sxy: Positive = 80.0
+    crf_bilateral_srgb: Positive = 13.0
+    crf_bilateral_compat: NonNegative = 10.0
+    alpha_low: Positive = 4.0
+    """Background exponent of the map foreground is taken from (low: conservative foreground)."""
+    alpha_high: Positive = 32.0
+    """Background exponent of the map background is taken from (high: conservative background)."""
+    crf_confidence: Fraction = 0.8
+    cam_floor: Fraction = 0.1
+    fg_percentile: Fraction = 0.6
+    bg_cutoff: Fraction = 0.8
+    crf: bool = True
+    """false: the normalised scores stand in for the CRF marginals (this project's choice)."""
+    workers: Literal["auto"] | Count = "auto"
+    """CRF processes per trial: auto = none on CPU (the network uses the trial's cores), the
+    trial's CPUs - 1 on GPU."""
+    overlap: bool = True
+    """With workers: label the next batch (CAMs from a no-grad pass of the current weights, one
+    step old) while this step trains, which hides the CRFs."""
+
+
+class EvalSettings(CrfSettings):
+    """Evaluation on val, as every CAM-producing method is evaluated (evaluation/cam_eval.py):
+    a CAM becomes a mask as argmax([t; CAMs]), t chosen on train."""
+
+    batch_size: PositiveInt = 32
+    every: PositiveInt = 1
+    """Evaluate every N epochs (and always after the last); reports in between repeat the
+    last values, since ASHA and the searcher read the metric at every report."""
+    crf: bool = False
+    """A dense CRF refines the val masks/predictions (val/miou is then the refined one's,
+    val/miou_nocrf the raw one's)."""
+    flip: bool = False
+    cam_threshold_step: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
+    cam_threshold_max: Fraction = 0.8
+    """t is swept over 0..cam_threshold_max on train (SEAM sweeps 0-0.6 on VOC; on the synthetic
+    benchmark the best t lies near 0.6, so the sweep goes on to 0.8)."""
+    cam_train_images: Count = 0
+    """Train images used to choose t: 0 = all; else a fixed subset (the same in every trial)."""
+    cam_threshold_source: Literal["train", "fixed"] = "train"
+    """train: t chosen on the training split (never looks at val); fixed: t = cam_threshold."""
+    cam_threshold: Fraction = 0.15
+    save_predictions: bool = False
+    """The last evaluation writes each val prediction as a VOC-palette PNG (predictions/)."""
+
+
+class LossTerm(Section):
+    """A loss term: L = sum over enabled terms of weight * L_term."""
+
+    enabled: bool = True
+    weight: NonNegative = 1.0
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.weight != 0.0
+
+
+class ClassificationLosses(Section):
+    """The loss section of a plain classifier: L_cls, the multilabel soft-margin loss."""
+
+    cls: LossTerm = LossTerm()
+
+
+def _key(loc: tuple) -> str:
+    """pydantic's location as a dotted key: union branch tags (``literal['auto']``, ``int``, a
+    dataset name under ``data``) and list indices left out."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if isinstance(p, int) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p)):
+            continue
+        if i == 1 and loc[0] == "data" and len(loc) > 2:  # the discriminated union's tag
+            continue
+        parts.append(str(p))
+    return ".".join(parts)
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown setting"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg[0].lower() + msg[1:] if msg[:1].isupper() and not msg[1:2].isupper() else msg
+
+
+def first_problem(exc: ValidationError, model: type[BaseModel] | None = None) -> ConfigError:
+    """The first problem of a validation error as a :class:`ConfigError` (dotted key, value,
+    what is allowed). Alternatives of one union are joined: "input should be 'auto' or input
+    should be greater than or equal to 0". An unknown key names the section's known keys.
+
+    Example:
+        >>> try:
+        ...     TrainSettings.model_validate({"optimizer": "adamm"})
+        ... except ValidationError as e:
+        ...     print(first_problem(e))
+        optimizer='adamm': input should be 'sgd' or 'adam'
+    """
+    errors = exc.errors(include_url=False)
+    key = _key(errors[0]["loc"])
+    same = [e for e in errors if _key(e["loc"]) == key]
+    message = " or ".join(dict.fromkeys(_message(e) for e in same))
+    if errors[0]["type"] == "extra_forbidden" and model is not None:
+        known = known_keys(model, key.rsplit(".", 1)[0] if "." in key else "")
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        message += (f"; did you mean {close[0]!r}?" if close else "") + f" (known: {', '.join(known)})"
+    return ConfigError(key, errors[0].get("input"), message)
+
+
+def section_model(model: type[BaseModel], dotted: str) -> type[BaseModel] | None:
+    """The model class of the section at ``dotted`` ("" = ``model`` itself), or None."""
+    node: Any = model
+    for part in [p for p in dotted.split(".") if p]:
+        field = node.model_fields.get(part) if isinstance(node, type) and issubclass(node, BaseModel) else None
+        if field is None:
+            return None
+        node = field.annotation
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def known_keys(model: type[BaseModel], dotted: str = "") -> list[str]:
+    """The keys of the section at ``dotted``."""
+    section = section_model(model, dotted)
+    return list(section.model_fields) if section is not None else []
+
+
+def leaf_keys(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    """Every setting below ``model`` by dotted key -> its FieldInfo (sections recursed into).
+
+    Example:
+        >>> sorted(leaf_keys(LossTerm))
+        ['enabled', 'weight']
+    """
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(leaf_keys(ann, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field
+    return out
