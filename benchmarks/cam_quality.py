@@ -1,6 +1,6 @@
 """CAM quality of the baselines on one benchmark: do the published orderings hold here?
 
-Published (VOC train, baselines.md): SEAM's ablation CAM 47.4 < ER 49.9 < ER+PCM 55.1 < +OHEM
+Published (VOC train, docs/baselines.md): SEAM's ablation CAM 47.4 < ER 49.9 < ER+PCM 55.1 < +OHEM
 55.4; SC-CAM above CAM (50.9 vs 48.0) and improving over rounds (val 46.8, 48.0, 48.7, 49.6).
 Here every row starts from the same classification checkpoint (SC-CAM's round 0, row "start"),
 trains the same epochs with the same lr and is evaluated the same way (cam_eval.py: CAM mIoU

@@ -4,6 +4,7 @@ a study's best searched settings (``--study``), and single overrides (``--set KE
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,15 @@ def base_config(args: argparse.Namespace) -> dict:
     if args.study:
         import pandas as pd
 
-        trials = pd.read_parquet(Path(args.study) / "trials.parquet")
-        best = trials.loc[trials["score"].idxmax() if spec.mode == "max" else trials["score"].idxmin()]
+        from reports.selection import best_trial
+
+        study = Path(args.study)
+        trials = pd.read_parquet(study / "trials.parquet")
+        # The study's own objective (its study.json), else the space's; the rule of every report.
+        mode = json.loads((study / "study.json").read_text())["mode"] if (study / "study.json").is_file() else spec.mode
+        best = best_trial(trials, mode)
+        if best is None:
+            raise SystemExit(f"--study {args.study}: no trial with a score in its trials.parquet")
         params = {k[len("param."):]: (v.item() if hasattr(v, "item") else v)
                   for k, v in best.items() if k.startswith("param.") and pd.notna(v)}
         print(f"best trial {best['trial_id']} of {args.study}: "

@@ -12,7 +12,7 @@
    Each (config, pseudo-label mode) runs in a fresh process for two epochs; the second epoch's
    images/s is reported (the first includes warm-up). Peak memory: the process's peak RSS on
    CPU, ``torch.cuda.max_memory_allocated`` on GPU.
-2. Pseudo-label throughput at crop 321 (two dense CRFs per image, spec §2): images/s serially in
+2. Pseudo-label throughput at crop 321 (two dense CRFs per image, docs/single_stage.md §2): images/s serially in
    one process against the worker pool with 1..N workers, as a ratio, and the workers a network
    step of a given speed needs so that the CRFs keep up: ceil(step images/s x CRF s/image).
 """

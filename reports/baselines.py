@@ -1,4 +1,7 @@
-"""Published baseline numbers (PASCAL VOC 2012) shipped with the package, with their sources."""
+"""Published baseline numbers (PASCAL VOC 2012) shipped with the package, with their sources,
+and what the reports read from the method registry (``trainables/methods/registry.py``): each
+method's label and which methods are the baselines. The registry is imported on first use only
+(it imports torch), so ``reports`` stays quick to import."""
 
 from __future__ import annotations
 
@@ -16,8 +19,37 @@ VOC_CLASSES = [
 PUBLISHED_DATASET = "PASCAL VOC 2012 val (published)"
 
 
-def published_per_class(methods: tuple[str, ...] = ("SEAM", "SC-CAM")) -> pd.DataFrame:
-    """Per-class IoU rows (percent) of the given methods, one row per method variant.
+def method_label(name: str) -> str:
+    """The table label of a registered method (``Method.label``); an unknown name as it is."""
+    from trainables.methods.registry import METHODS
+
+    return METHODS[name].label if name in METHODS else name
+
+
+def baseline_methods() -> dict:
+    """The registered methods whose same-data rows the reports show beside every study
+    (``Method.baseline``), by name, in registry order."""
+    from trainables.methods.registry import METHODS
+
+    return {name: m for name, m in METHODS.items() if m.baseline}
+
+
+def together(words) -> str:
+    """Words joined for prose.
+
+    Example:
+        >>> together(["SEAM", "SC-CAM"]), together(["A", "B", "C"]), together(["A"])
+        ('SEAM and SC-CAM', 'A, B and C', 'A')
+    """
+    words = list(words)
+    if len(words) < 2:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def published_per_class(methods: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Per-class IoU rows (percent) of the given methods (the published rows' ``method``
+    column; default: the labels of the baseline methods), one row per method variant.
 
     Columns: ``label`` (method and variant), ``source``, ``dataset``, the 21 VOC classes, ``miou``.
 
@@ -26,6 +58,8 @@ def published_per_class(methods: tuple[str, ...] = ("SEAM", "SC-CAM")) -> pd.Dat
         >>> float(df.loc[0, "miou"])
         64.5
     """
+    if methods is None:
+        methods = tuple(m.label for m in baseline_methods().values())
     df = pd.read_csv(DATA_DIR / "voc12_val_per_class.csv")
     df = df[df["method"].isin(methods)].copy()
     df["variant"] = df["variant"].fillna("")

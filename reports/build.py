@@ -2,7 +2,7 @@
 study recorded (MLflow runs, the Optuna study, ``study.json``). Safe to run at any time, also
 while a study is running or after it was interrupted.
 
-Outputs (CONTRACT.md): ``trials.parquet`` (one row per trial: ``trial_id``, ``status``, ``miou``,
+Outputs (docs/contract.md): ``trials.parquet`` (one row per trial: ``trial_id``, ``status``, ``miou``,
 ``param.<name>`` ...), ``per_class.parquet`` (``trial_id``, ``class_name``, ``iou``), ``report.md``
 and PNG figures under ``figures/``.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from reports.baselines import PUBLISHED_DATASET, is_voc, published_per_class
+from reports.baselines import PUBLISHED_DATASET, baseline_methods, is_voc, published_per_class, together
+from reports.selection import best_trial
 
 STATUS_OF_RUN = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "RUNNING": "RUNNING", "KILLED": "KILLED",
                  "SCHEDULED": "RUNNING"}
@@ -104,17 +105,6 @@ def collect(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return meta, trials, per_class
 
 
-def best_trial(trials: pd.DataFrame, mode: str) -> dict | None:
-    """The best trial by ``score``: among fully trained trials if any, else among all scored."""
-    scored = trials[trials["score"].notna()] if len(trials) else trials
-    if scored.empty:
-        return None
-    pool = scored[scored["status"] == "COMPLETE"]
-    pool = pool if not pool.empty else scored
-    idx = pool["score"].idxmax() if mode == "max" else pool["score"].idxmin()
-    return pool.loc[idx].to_dict()
-
-
 def _pct(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
@@ -185,22 +175,24 @@ def _figures(study_dir: Path, meta: dict, trials: pd.DataFrame, per_class: pd.Da
 
 
 def same_data_rows(study_dir: Path, meta: dict, classes: list[str], split_label: str) -> list[dict]:
-    """Best-trial rows of the SEAM and SC-CAM studies run beside this one in a comparison
-    (``study/compare.py``: sibling folders listed in ``../compare.json``), same data and budget."""
+    """Best-trial rows of the baselines' studies (methods registered with ``baseline=True``) run
+    beside this one in a comparison (``study/compare.py``: sibling folders listed in
+    ``../compare.json``), same data and budget."""
     cmp_path = study_dir.parent / "compare.json"
     if not cmp_path.is_file():
         return []
+    baselines = baseline_methods()
     rows = []
     for m in json.loads(cmp_path.read_text()).get("methods", []):
         other = study_dir.parent / m["search"]
-        if m["method"] not in ("seam", "sccam") or other == study_dir or not (other / "study.json").is_file():
+        if m["method"] not in baselines or other == study_dir or not (other / "study.json").is_file():
             continue
         ometa, trials, per_class = collect(other)
         best = best_trial(trials, ometa["mode"])
         if best is None:
             continue
         iou = dict(zip(*per_class[per_class["trial_id"] == best["trial_id"]][["class_name", "iou"]].values.T))
-        label = {"seam": "SEAM", "sccam": "SC-CAM"}[m["method"]]
+        label = baselines[m["method"]].label
         rows.append({"method": f"{label} (best trial of `{m['search']}`)",
                      "dataset": split_label.replace("(this study)", "(same data and budget)"),
                      **{c: _pct(iou.get(c)) for c in classes}, "mIoU": _pct(best["miou"])})
@@ -257,7 +249,8 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
     else:
         lines += [pd.DataFrame(own).to_markdown(index=False), ""]
         lines += [
-            f"### Published SEAM and SC-CAM rows ({PUBLISHED_DATASET}): NOT comparable",
+            f"### Published {together(m.label for m in baseline_methods().values())} rows "
+            f"({PUBLISHED_DATASET}): NOT comparable",
             "",
             f"These numbers were measured on PASCAL VOC 2012 with 21 different classes; this study ran on "
             f"**{dataset}**. They are shown for reference only and must not be read against the table above.",

@@ -1,10 +1,13 @@
 """The comparison report (``study/compare.py``): one row per method, class by class.
 
 From each method's search study (best trial) and its seed reruns (mean +- std over seeds of the
-best configuration): per-class IoU table, deltas against SEAM and SC-CAM per class, a CAM
+best configuration): per-class IoU table, deltas against each baseline per class, a CAM
 quality table (CAM mIoU on train at the threshold chosen there, CAM masks on val) with the
-published orderings checked, SC-CAM per round when it ran several, and the published VOC rows
-(in the table on VOC, clearly apart otherwise). Writes ``comparison.md``, ``comparison.parquet``
+published orderings checked, each method that ran in several rounds per round, and the
+published VOC rows of the baselines (in the table on VOC, clearly apart otherwise). Methods,
+their labels, the baselines and the orderings come from the registry
+(``trainables/methods/registry.py``: ``Method.label``, ``baseline``, ``claims``); the best trial
+of a study is :func:`reports.selection.best_trial`'s. Writes ``comparison.md``, ``comparison.parquet``
 (long: method, row, class_name, iou), ``cam_quality.parquet`` and
 ``figures/per_class_comparison.png``. ``python -m reports.compare --study DIR`` rebuilds them.
 """
@@ -20,11 +23,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.baselines import DATA_DIR, PUBLISHED_DATASET, is_voc, published_per_class
+from reports.baselines import (DATA_DIR, PUBLISHED_DATASET, baseline_methods, is_voc, method_label,
+                               published_per_class, together)
+from reports.selection import best_trial
 
-LABELS = {"aal": "single-stage (aal)", "cam": "CAM", "seam": "SEAM", "sccam": "SC-CAM"}
-# Published orderings of CAM quality (VOC train) this benchmark is checked against.
-ORDERINGS = [("seam", "cam", "SEAM ER+PCM", "SEAM baseline CAM"), ("sccam", "cam", "SC-CAM CAM", "AffinityNet CAM")]
+
+def orderings() -> list[tuple[str, str, str, str]]:
+    """Published orderings of CAM quality (VOC train) this benchmark is checked against, from the
+    registry's claims: (method, the method it claims to beat, their two published rows)."""
+    from trainables.methods.registry import METHODS
+
+    return [(name, c.over, *c.published) for name, m in METHODS.items() for c in m.claims]
 
 
 def _pct(v: float) -> str:
@@ -43,13 +52,16 @@ def _load(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 
 
 def _round_history(meta: dict, run_ids: list[str]) -> pd.DataFrame:
-    """SC-CAM: train CAM mIoU and val mIoU at the end of each round, per seed run."""
+    """Train CAM mIoU and val mIoU at the end of each round, per seed run (empty for a method
+    that trained in one round: the loop logs ``train/round`` only with several)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=meta["tracking_uri"])
     rows = []
     for run_id in run_ids:
         rounds = {m.step: m.value for m in client.get_metric_history(run_id, "train/round")}
+        if not rounds:
+            continue
         for key in ("train/cam_miou", "val/miou"):
             for m in client.get_metric_history(run_id, key):
                 r = rounds.get(m.step)
@@ -63,15 +75,13 @@ def collect_comparison(compare_dir: Path) -> dict:
     meta = json.loads((compare_dir / "compare.json").read_text())
     rows, quality, rounds, classes, dataset, costs = [], [], {}, None, "?", {}
     for m in meta["methods"]:
-        label = LABELS.get(m["method"], m["method"])
+        label = method_label(m["method"])
         smeta, trials, per_class = _load(compare_dir / m["search"])
         dataset = smeta.get("dataset", dataset)
         classes = classes or smeta.get("class_names")
-        scored = trials[trials["score"].notna()] if len(trials) else trials
-        if scored.empty:
+        best = best_trial(trials, smeta["mode"])
+        if best is None:
             continue
-        done = scored[scored["status"] == "COMPLETE"]
-        best = (done if not done.empty else scored).sort_values("score", ascending=False).iloc[0]
         pc = per_class[per_class["trial_id"] == best["trial_id"]]
         rows += [{"method": label, "row": "best trial", "class_name": c, "iou": v} for c, v in zip(pc["class_name"], pc["iou"])]
         rows.append({"method": label, "row": "best trial", "class_name": "mIoU", "iou": best["miou"]})
@@ -95,8 +105,9 @@ def collect_comparison(compare_dir: Path) -> dict:
                           "val_cam_miou_std": ok["cam_miou"].std(), "val_miou": ok["miou"].mean(),
                           "val_miou_std": ok["miou"].std(), "cam_threshold": ok["cam_threshold"].mean(),
                           "trial_s": ok["duration_s"].mean()})
-                if m["method"] == "sccam":
-                    rounds[label] = _round_history(kmeta, list(ok["run_id"]))
+                hist = _round_history(kmeta, list(ok["run_id"]))
+                if not hist.empty:
+                    rounds[label] = hist
         quality.append(q)
     return {"meta": meta, "table": pd.DataFrame(rows), "quality": pd.DataFrame(quality), "rounds": rounds,
             "classes": classes or [], "dataset": dataset, "costs": costs}
@@ -178,7 +189,8 @@ def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
                                **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()])
         shown = pd.concat([shown, extra], ignore_index=True)
     lines += [shown.to_markdown(index=False), ""]
-    for ref in ("SEAM", "SC-CAM"):
+    baselines = [b.label for b in baseline_methods().values()]
+    for ref in baselines:
         d = _deltas(wide, ref)
         if not d.empty:
             lines += [f"### Δ against {ref} (seed means, percentage points)", "",
@@ -199,13 +211,13 @@ def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
     pub_val = {r["method"]: r["value"] for _, r in pub_q[pub_q["split"] == "train"].iterrows()}
     q_by = {r["method"]: r for _, r in quality.iterrows()}
     lines += ["### Published orderings of CAM quality, checked here", ""]
-    for ours, base, pub_ours, pub_base in ORDERINGS:
-        a, b = q_by.get(LABELS[ours]), q_by.get(LABELS[base])
+    for ours, base, pub_ours, pub_base in orderings():
+        a, b = q_by.get(method_label(ours)), q_by.get(method_label(base))
         if a is None or b is None or not np.isfinite(a.get("train_cam_miou", np.nan)):
             continue
         diff = 100 * (a["train_cam_miou"] - b["train_cam_miou"])
         holds = "holds" if diff > 0 else "does not hold"
-        lines.append(f"- {LABELS[ours]} above {LABELS[base]}: published {pub_val[pub_ours]:.1f} vs {pub_val[pub_base]:.1f} "
+        lines.append(f"- {method_label(ours)} above {method_label(base)}: published {pub_val[pub_ours]:.1f} vs {pub_val[pub_base]:.1f} "
                      f"(VOC train); here {100 * a['train_cam_miou']:.1f} vs {100 * b['train_cam_miou']:.1f} "
                      f"({diff:+.1f}): **{holds}**.")
     for label, hist in data["rounds"].items():
@@ -220,7 +232,7 @@ def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
     lines.append("")
     if not voc:
         pub = published_per_class()
-        lines += [f"## Published SEAM and SC-CAM rows ({PUBLISHED_DATASET}): NOT comparable", "",
+        lines += [f"## Published {together(baselines)} rows ({PUBLISHED_DATASET}): NOT comparable", "",
                   f"Measured on PASCAL VOC 2012 val with each author's backbone and budget; this comparison ran on "
                   f"**{dataset}**. For reference only; do not read them against the tables above.", "",
                   pub.drop(columns=["dataset"]).rename(columns={"label": "method"}).to_markdown(index=False, floatfmt=".1f"), ""]

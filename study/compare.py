@@ -169,7 +169,7 @@ def run_comparison(cspec: CompareSpec, output: Path, address: str = "local", tra
                                 "seeds": seeds_dir.name, "epochs": spec.epochs})
         meta_path.write_text(json.dumps(meta, indent=2))
         for kind, s, d in (("search", spec, search_dir), ("seeds", None, seeds_dir)):
-            if s is None:
+            if s is None:  # the best trial by reports.selection.best_trial, as every report picks it
                 best = build_report(search_dir).best
                 if best is None:
                     log(f"[wsss-study] {spec.name}: no scored trial, no seed reruns")
@@ -182,7 +182,7 @@ def run_comparison(cspec: CompareSpec, output: Path, address: str = "local", tra
             log(f"[wsss-study] === {s.name} ({kind}) -> {d}")
             run_study(s, RunOptions(output=d, address=address, tracking_uri=tracking_uri,
                                     resume=resume and (d / "study.json").exists()), log=log)
-    for spec in cspec.studies:  # each study's report.md now gets the same-data SEAM / SC-CAM rows
+    for spec in cspec.studies:  # each study's report.md now gets the baselines' same-data rows
         if (output / spec.name / "study.json").is_file():
             build_report(output / spec.name)
     path = build_comparison(output)

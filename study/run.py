@@ -1,6 +1,6 @@
 """``python -m study.run --space PATH.yaml``: run a hyperparameter study (see ../README.md).
 
-Exit codes (CONTRACT.md): 0 success; 2 bad input (YAML, data, arguments) with one line on
+Exit codes (docs/contract.md): 0 success; 2 bad input (YAML, data, arguments) with one line on
 stderr naming the file, key and value; 1 anything else.
 """
 

@@ -142,11 +142,11 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
     ]
     if spec.scheduler["type"] == "asha":
         lines.append(f"scheduler  ASHA grace_period={spec.scheduler['grace_period']} "
-                     f"reduction_factor={spec.scheduler['reduction_factor']} max_t={spec.epochs}")
+                     f"reduction_factor={spec.scheduler['reduction_factor']:g} max_t={spec.epochs}")
     else:
         lines.append("scheduler  none (every trial runs all epochs)")
     lines += [
-        f"resources  {spec.resources['cpu']} cpu, {spec.resources['gpu']} gpu per trial; ray address {opts.address}",
+        f"resources  {spec.resources['cpu']:g} cpu, {spec.resources['gpu']:g} gpu per trial; ray address {opts.address}",
         f"objective  {spec.mode} {spec.metric}",
         f"output     {opts.output}",
         f"storage    {opts.tune_path} (Ray Tune experiment and trial checkpoints)",
@@ -205,7 +205,7 @@ def init_ray(address: str, spec: StudySpec) -> None:
         if spec.resources["gpu"] > 0:
             import torch
 
-            # Without a physical GPU, one logical GPU lets per-trial GPU scheduling run (harness.md).
+            # Without a physical GPU, one logical GPU lets per-trial GPU scheduling run (docs/harness.md).
             gpus = max(torch.cuda.device_count(), 1)
         ray.init(address="local", num_gpus=gpus, **kwargs)
     else:

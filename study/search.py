@@ -3,7 +3,7 @@
 
 ``OptunaSearch`` reports every trial that ends without error as COMPLETE, so a trial that ASHA
 stopped after two epochs enters TPE's history with its two-epoch score as if it were final,
-biasing the sampler toward configurations that look good early (harness.md). Such trials are
+biasing the sampler toward configurations that look good early (docs/harness.md). Such trials are
 told as PRUNED here; their intermediate values stay in the study, as with Optuna's own pruners.
 """
 

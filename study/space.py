@@ -23,19 +23,24 @@ the CLI can print one line and exit 2. The schema (README "Search-space YAML"):
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 
-from trainables.methods.registry import METHODS
-from trainables.settings.tree import ConfigError, check_keys, flatten, merge, unflatten
-from trainables.nets.backbones import BackboneError, check_backbone_weights
+from pydantic import Field, ValidationError, model_validator
+
 from trainables.data.registry import PATH_KEYS, check_data_spec
+from trainables.methods.registry import METHODS
+from trainables.nets.backbones import BackboneError, check_backbone_weights
+from trainables.settings.sections import (Count, NonNegative, Positive, PositiveInt, Section, first_problem,
+                                          leaf_keys)
+from trainables.settings.tree import ConfigError, flatten, merge, unflatten
 
 
 class SpaceError(ValueError):
@@ -54,9 +59,6 @@ class SpaceError(ValueError):
 
 _MISSING = object()
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PARAM_TYPES = ("uniform", "loguniform", "int", "categorical")
-TOP_LEVEL = ("name", "description", "method", "data", "fixed", "search", "budget", "scheduler",
-             "resources", "metric", "mode", "seed", "sampler", "max_failures")
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class StudySpec:
     @property
     def epochs(self) -> int:
         """Training epochs per trial (ASHA's max_t)."""
-        return int(merge(METHODS[self.method].defaults, self.fixed)["train"]["epochs"])
+        return int(METHODS[self.method].resolve(self.trainable_config())["train"]["epochs"])
 
     def trainable_config(self) -> dict:
         """The fixed part of every trial's configuration, data section included."""
@@ -238,247 +240,248 @@ def apply_override(doc: dict, assignment: str, path: str | Path) -> None:
         i = match
 
 
-def _num(path, key, v, *, integer=False, positive=False, nonneg=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
-        raise SpaceError(path, key, v, "must be a number")
-    if integer and int(v) != v:
-        raise SpaceError(path, key, v, "must be an integer")
-    if positive and v <= 0:
-        raise SpaceError(path, key, v, "must be positive")
-    if nonneg and v < 0:
-        raise SpaceError(path, key, v, "must not be negative")
-    return int(v) if integer else v
+# --- the study document: every top-level section typed once (the editor schema uses them too) ---
+
+class Budget(Section):
+    samples: PositiveInt = 8
+    """Trials in the study."""
+    concurrency: PositiveInt = 1
+    """Trials at once."""
 
 
-def _mapping(path, key, v, allowed: tuple[str, ...] | None = None) -> dict:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise SpaceError(path, key, v, "must be a mapping")
-    if allowed is not None:
-        for k in v:
-            if k not in allowed:
-                raise SpaceError(path, f"{key}.{k}", v[k], f"unknown key; allowed: {', '.join(allowed)}")
-    return v
+class Scheduler(Section):
+    type: Literal["asha", "none"] = "asha"
+    """asha: stop bad trials early (Ray Tune's ASHA, max_t = train.epochs)."""
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
 
 
-def _check_value_type(path, key: str, value: Any, default: Any) -> None:
-    """A fixed or searched value must have the type of the trainable's default."""
-    if default is None:
-        if value is not None and not isinstance(value, str):
-            raise SpaceError(path, key, value, "must be a string (a path) or null")
-        return
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise SpaceError(path, key, value, "must be true or false")
-    elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpaceError(path, key, value, "must be a finite number")
-        if isinstance(default, int) and not isinstance(default, bool) and int(value) != value:
-            raise SpaceError(path, key, value, "must be an integer")
-    elif default == "auto":  # e.g. pseudo.workers: "auto" or a count
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise SpaceError(path, key, value, "must be 'auto' or a whole number >= 0")
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise SpaceError(path, key, value, "must be a string")
-    elif isinstance(default, list):
-        if not isinstance(value, list) or not value:
-            raise SpaceError(path, key, value, "must be a non-empty list")
+class Resources(Section):
+    cpu: Positive = 1.0
+    """CPUs per trial."""
+    gpu: NonNegative = 0.0
+    """GPUs per trial: a fraction shares one GPU; above 1, a whole number."""
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> "Resources":
+        if self.gpu > 1 and not float(self.gpu).is_integer():
+            raise ValueError("gpu: above 1 must be a whole number of GPUs")
+        return self
 
 
-def _parse_param(path, name: str, raw: Any, defaults_flat: dict, earlier: dict[str, ParamSpec]) -> ParamSpec:
-    key = f"search.{name}"
-    body = _mapping(path, key, raw, ("type", "low", "high", "step", "choices", "when"))
-    kind = body.get("type", _MISSING)
-    if kind not in PARAM_TYPES:
-        raise SpaceError(path, f"{key}.type", kind, f"must be one of {', '.join(PARAM_TYPES)}")
-    default = defaults_flat[name]
+class Param(Section):
+    """One searched setting. ``when`` maps parameters searched earlier to the values that enable
+    this one (a conditional parameter)."""
+
+    type: Literal["uniform", "loguniform", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: PositiveInt | None = None
+    """int parameters only."""
+    choices: Annotated[list[Any], Field(min_length=1)] | None = None
+    """categorical parameters only."""
+    when: dict[str, Any] | None = None
+
+
+class StudyDocument(Section):
+    """The top level of a search-space YAML (``fixed``, ``data`` and ``search`` are checked
+    against the method's settings)."""
+
+    name: Annotated[str, Field(pattern=NAME_RE.pattern)]
+    """Study name: MLflow experiment and default output folder (letters, digits, '_', '-', '.')."""
+    description: str = ""
+    method: str = "aal"
+    data: dict[str, Any] = {"name": "synthetic"}
+    fixed: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
+    budget: Budget = Budget()
+    scheduler: Scheduler = Scheduler()
+    resources: Resources = Resources()
+    metric: Annotated[str, Field(pattern=r"^val/(miou|cam_miou|iou/.+)$")] = "val/miou"
+    """val/miou, val/cam_miou or val/iou/<class>."""
+    mode: Literal["max", "min"] = "max"
+    seed: Count = 0
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """grid: every combination of the categorical choices once (budget.samples must equal it)."""
+    max_failures: Count = 0
+
+
+TOP_LEVEL = tuple(StudyDocument.model_fields)
+PARAM_TYPES = ("uniform", "loguniform", "int", "categorical")
+
+
+def _validated(path, model, value: Any, prefix: str = ""):
+    """``model`` validated from ``value``, or SpaceError naming ``prefix`` + pydantic's key."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        err = first_problem(e, model)
+        raise SpaceError(path, f"{prefix}{err.key}".rstrip("."), err.value, err.message) from None
+
+
+def _setting_error(path, err: ConfigError, where: str = "fixed.") -> SpaceError:
+    """A settings problem under ``fixed`` (or ``data``, which is its own top-level key)."""
+    key = err.key if err.key.startswith("data.") or err.key == "data" else f"{where}{err.key}"
+    return SpaceError(path, key, err.value, err.message)
+
+
+def _check_settings(path, method, config: dict, where: str = "fixed.") -> dict:
+    """The method's settings validated from ``config``: the full settings dict."""
+    try:
+        return method.resolve(config)
+    except ValidationError as e:
+        raise _setting_error(path, first_problem(e, method.settings), where) from None
+
+
+def _numeric(annotation: Any) -> str | None:
+    """"int" or "float" for a plain numeric setting, None for anything else (bool, str, a
+    closed set of values, a union such as 'auto' or a count)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return {int: "int", float: "float"}.get(annotation)
+
+
+def _parse_when(path, key: str, raw: dict | None, earlier: dict[str, ParamSpec]) -> tuple:
     when: list[tuple[str, tuple]] = []
-    for ref, vals in _mapping(path, f"{key}.when", body.get("when")).items():
+    for ref, vals in (raw or {}).items():
         if ref not in earlier:
             raise SpaceError(path, f"{key}.when.{ref}", vals, "must name a parameter searched earlier in the file")
         vals = tuple(vals) if isinstance(vals, list) else (vals,)
         ref_spec = earlier[ref]
-        if ref_spec.type == "categorical":
-            bad = [v for v in vals if v not in ref_spec.choices]
-            if bad:
-                raise SpaceError(path, f"{key}.when.{ref}", bad[0], f"is not one of {ref}'s choices {list(ref_spec.choices)}")
+        bad = [v for v in vals if ref_spec.type == "categorical" and v not in ref_spec.choices]
+        if bad:
+            raise SpaceError(path, f"{key}.when.{ref}", bad[0], f"is not one of {ref}'s choices {list(ref_spec.choices)}")
         when.append((ref, vals))
-    if kind == "categorical":
-        choices = body.get("choices", _MISSING)
-        if not isinstance(choices, list) or not choices:
-            raise SpaceError(path, f"{key}.choices", choices, "must be a non-empty list")
-        for c in choices:
-            if default is not None and isinstance(default, list):
-                if not isinstance(c, list):
-                    raise SpaceError(path, f"{key}.choices", c, "each choice must be a list")
-                continue
-            _check_value_type(path, f"{key}.choices", c, default)
+    return tuple(when)
+
+
+def _parse_param(path, name: str, raw: Any, kind_of: str | None, earlier: dict[str, ParamSpec]) -> ParamSpec:
+    """One ``search`` entry's form; its values are checked against the settings afterwards."""
+    key = f"search.{name}"
+    if not isinstance(raw, dict):
+        raise SpaceError(path, key, raw, "must be a mapping (type, low/high or choices, when)")
+    body = _validated(path, Param, raw, f"{key}.")
+    when = _parse_when(path, key, body.when, earlier)
+    if body.type == "categorical":
+        if body.choices is None:
+            raise SpaceError(path, f"{key}.choices", _MISSING, "must be a non-empty list")
         for extra in ("low", "high", "step"):
-            if extra in body:
-                raise SpaceError(path, f"{key}.{extra}", body[extra], "categorical parameters take 'choices' only")
-        return ParamSpec(name, kind, choices=tuple(choices), when=tuple(when))
-    if "choices" in body:
-        raise SpaceError(path, f"{key}.choices", body["choices"], f"{kind} parameters take low/high, not choices")
-    if isinstance(default, bool) or not isinstance(default, (int, float)):
-        raise SpaceError(path, f"{key}.type", kind, f"{name} is not numeric (default {default!r}); use categorical")
-    integer = kind == "int"
+            if getattr(body, extra) is not None:
+                raise SpaceError(path, f"{key}.{extra}", getattr(body, extra), "categorical parameters take 'choices' only")
+        return ParamSpec(name, "categorical", choices=tuple(body.choices), when=when)
+    if body.choices is not None:
+        raise SpaceError(path, f"{key}.choices", body.choices, f"{body.type} parameters take low/high, not choices")
+    if kind_of is None:
+        raise SpaceError(path, f"{key}.type", body.type, f"{name} is not a number setting; use categorical")
+    if kind_of == "int" and body.type != "int":
+        raise SpaceError(path, f"{key}.type", body.type, f"{name} is an integer setting; use type int")
     for bound in ("low", "high"):
-        if bound not in body:
+        if getattr(body, bound) is None:
             raise SpaceError(path, f"{key}.{bound}", _MISSING, "is required")
-    low = _num(path, f"{key}.low", body["low"], integer=integer)
-    high = _num(path, f"{key}.high", body["high"], integer=integer)
+    low, high = body.low, body.high
+    if body.type == "int":
+        for bound, v in (("low", low), ("high", high)):
+            if not float(v).is_integer():
+                raise SpaceError(path, f"{key}.{bound}", v, "must be an integer")
+        low, high = int(low), int(high)
     if not low < high:
         raise SpaceError(path, f"{key}.high", high, f"must be greater than low ({low})")
-    if kind == "loguniform" and low <= 0:
+    if body.type == "loguniform" and low <= 0:
         raise SpaceError(path, f"{key}.low", low, "must be positive for loguniform")
-    if isinstance(default, int) and kind != "int":
-        raise SpaceError(path, f"{key}.type", kind, f"{name} is an integer setting; use type int")
-    step = None
-    if "step" in body:
-        if not integer:
-            raise SpaceError(path, f"{key}.step", body["step"], "only int parameters take a step")
-        step = _num(path, f"{key}.step", body["step"], integer=True, positive=True)
-    return ParamSpec(name, kind, low=low, high=high, step=step, when=tuple(when))
+    if body.step is not None and body.type != "int":
+        raise SpaceError(path, f"{key}.step", body.step, "only int parameters take a step")
+    return ParamSpec(name, body.type, low=low, high=high, step=body.step, when=when)
 
 
-def _normalise_fixed(path, raw: Any) -> dict:
-    fixed = _mapping(path, "fixed", raw)
-    return unflatten(flatten(fixed))
-
-
-def parse_document(doc: dict, path: str | Path) -> StudySpec:
-    """Validate a raw document (after overrides) into a :class:`StudySpec`."""
-    for k in doc:
-        if k not in TOP_LEVEL:
-            raise SpaceError(path, str(k), doc[k], f"unknown top-level key; known: {', '.join(TOP_LEVEL)}")
-    name = doc.get("name", _MISSING)
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpaceError(path, "name", name, "is required: letters, digits, '_', '-', '.'")
-    method = doc.get("method", "aal")
-    if method not in METHODS:
-        raise SpaceError(path, "method", method, f"unknown method; choose one of {', '.join(sorted(METHODS))}")
-    defaults = METHODS[method].defaults
-    defaults_flat = flatten(defaults)
-
-    data = _mapping(path, "data", doc.get("data", {"name": "synthetic"}))
-    data = {"name": "synthetic", **data}
-    for key in PATH_KEYS:  # trials run in their own working directories: make paths absolute
-        if isinstance(data.get(key), str) and data[key]:
-            data[key] = str(Path(data[key]).expanduser().absolute())
-
-    fixed = _normalise_fixed(path, doc.get("fixed"))
-    weights = fixed.get("model", {}).get("weights") if isinstance(fixed.get("model"), dict) else None
-    if isinstance(weights, str) and weights.lower() not in ("", "none", "packaged"):
-        fixed["model"]["weights"] = str(Path(weights).expanduser().absolute())
-    if "data" in fixed:
-        raise SpaceError(path, "fixed.data", fixed["data"], "set data under the top-level 'data' key")
-    try:
-        check_keys(defaults, fixed, where="fixed.")
-    except ConfigError as e:
-        raise SpaceError(path, e.key, e.value, e.message) from None
-    for key, value in flatten(fixed).items():
-        _check_value_type(path, f"fixed.{key}", value, defaults_flat[key])
-
+def _parse_params(path, method, search: dict | None, fixed: dict) -> list[ParamSpec]:
+    leaves = leaf_keys(method.settings)
+    fixed_keys = flatten(fixed)
     params: dict[str, ParamSpec] = {}
-    for pname, raw in _mapping(path, "search", doc.get("search")).items():
+    for pname, raw in (search or {}).items():
         pname = str(pname)
-        if pname not in defaults_flat or pname.startswith("data."):
-            close = [k for k in defaults_flat if k.split(".")[-1] == pname.split(".")[-1]]
+        if pname not in leaves or pname.startswith("data."):
+            close = difflib.get_close_matches(pname, [k for k in leaves if not k.startswith("data.")], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SpaceError(path, f"search.{pname}", raw, f"unknown setting{hint}")
         if pname == "train.epochs":
             raise SpaceError(path, f"search.{pname}", raw, "cannot be searched: it is ASHA's max_t; set it under fixed")
-        if pname in flatten(fixed):
+        if pname in fixed_keys:
             raise SpaceError(path, f"search.{pname}", raw, "is also set under 'fixed'; keep one")
-        params[pname] = _parse_param(path, pname, raw, defaults_flat, params)
+        params[pname] = _parse_param(path, pname, raw, _numeric(leaves[pname].annotation), params)
+    return list(params.values())
 
-    budget = _mapping(path, "budget", doc.get("budget"), ("samples", "concurrency"))
-    samples = _num(path, "budget.samples", budget.get("samples", 8), integer=True, positive=True)
-    concurrency = _num(path, "budget.concurrency", budget.get("concurrency", 1), integer=True, positive=True)
 
-    sched = _mapping(path, "scheduler", doc.get("scheduler"), ("type", "grace_period", "reduction_factor"))
-    stype = sched.get("type", "asha")
-    if stype not in ("asha", "none"):
-        raise SpaceError(path, "scheduler.type", stype, "must be asha or none")
-    scheduler = {
-        "type": stype,
-        "grace_period": _num(path, "scheduler.grace_period", sched.get("grace_period", 1), integer=True, positive=True),
-        "reduction_factor": _num(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), positive=True),
-    }
-    if scheduler["reduction_factor"] <= 1:
-        raise SpaceError(path, "scheduler.reduction_factor", scheduler["reduction_factor"], "must be greater than 1")
+def _check_searched_values(path, method, base: dict, params: list[ParamSpec]) -> None:
+    """Every choice, and both ends of every range, must be a value the setting allows (with the
+    other settings fixed): the method's settings validate each one."""
+    for p in params:
+        values = [("choices", v) for v in p.choices] if p.type == "categorical" else [("low", p.low), ("high", p.high)]
+        for where, v in values:
+            try:
+                method.resolve(merge(base, {p.name: v}))
+            except ValidationError as e:
+                err = first_problem(e, method.settings)
+                raise SpaceError(path, f"search.{p.name}.{where}", v, err.message
+                                 + ("" if err.key == p.name else f" ({err.key})")) from None
 
-    res = _mapping(path, "resources", doc.get("resources"), ("cpu", "gpu"))
-    resources = {
-        "cpu": _num(path, "resources.cpu", res.get("cpu", 1), positive=True),
-        "gpu": _num(path, "resources.gpu", res.get("gpu", 0), nonneg=True),
-    }
-    if resources["gpu"] > 1 and int(resources["gpu"]) != resources["gpu"]:
-        raise SpaceError(path, "resources.gpu", resources["gpu"], "above 1 must be a whole number of GPUs")
 
-    metric = doc.get("metric", "val/miou")
-    if not isinstance(metric, str) or not (metric in ("val/miou", "val/cam_miou") or metric.startswith("val/iou/")):
-        raise SpaceError(path, "metric", metric, "must be val/miou, val/cam_miou or val/iou/<class>")
-    mode = doc.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise SpaceError(path, "mode", mode, "must be max or min")
-    seed = _num(path, "seed", doc.get("seed", 0), integer=True, nonneg=True)
-    sampler = doc.get("sampler", "tpe")
-    if sampler not in ("tpe", "random", "grid"):
-        raise SpaceError(path, "sampler", sampler, "must be tpe, random or grid")
-    if sampler == "grid":  # every combination of the categorical choices once (Ray Tune grid search)
-        for p in params.values():
-            if p.type != "categorical":
-                raise SpaceError(path, f"search.{p.name}.type", p.type, "the grid sampler takes categorical parameters only")
-        size = math.prod(len(p.choices) for p in params.values())
-        if samples != size:
-            raise SpaceError(path, "budget.samples", samples, f"must equal the grid's size ({size}) with sampler: grid")
-    max_failures = _num(path, "max_failures", doc.get("max_failures", 0), integer=True, nonneg=True)
-    description = doc.get("description", "")
-    if not isinstance(description, str):
-        raise SpaceError(path, "description", description, "must be a string")
+def _absolute_paths(data: dict, fixed: dict) -> None:
+    """Trials run in their own working directories: file settings become absolute paths."""
+    for key in PATH_KEYS:
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = str(Path(data[key]).expanduser().absolute())
+    weights = fixed.get("model", {}).get("weights") if isinstance(fixed.get("model"), dict) else None
+    if isinstance(weights, str) and weights.lower() not in ("", "none", "packaged"):
+        fixed["model"]["weights"] = str(Path(weights).expanduser().absolute())
 
+
+def _check_grid(path, doc: StudyDocument, params: list[ParamSpec]) -> None:
+    """sampler: grid runs every combination of the categorical choices once (Ray Tune grid search)."""
+    for p in params:
+        if p.type != "categorical":
+            raise SpaceError(path, f"search.{p.name}.type", p.type, "the grid sampler takes categorical parameters only")
+    size = math.prod(len(p.choices) for p in params)
+    if doc.budget.samples != size:
+        raise SpaceError(path, "budget.samples", doc.budget.samples, f"must equal the grid's size ({size}) with sampler: grid")
+
+
+def parse_document(raw: dict, path: str | Path) -> StudySpec:
+    """Validate a raw document (after overrides) into a :class:`StudySpec`."""
+    doc = _validated(path, StudyDocument, raw)
+    if doc.method not in METHODS:
+        raise SpaceError(path, "method", doc.method, f"unknown method; choose one of {', '.join(METHODS)}")
+    method = METHODS[doc.method]
+    data = {"name": "synthetic", **(doc.data or {})}
+    fixed = unflatten(flatten(doc.fixed or {}))
+    if "data" in fixed:
+        raise SpaceError(path, "fixed.data", fixed["data"], "set data under the top-level 'data' key")
+    _absolute_paths(data, fixed)
+    base = merge(fixed, {"data": data})
+    settings = _check_settings(path, method, base)
+    params = _parse_params(path, method, doc.search, fixed)
+    _check_searched_values(path, method, base, params)
+    if doc.sampler == "grid":
+        _check_grid(path, doc, params)
+    epochs = settings["train"]["epochs"]
+    if doc.scheduler.type == "asha" and doc.scheduler.grace_period > epochs:
+        raise SpaceError(path, "scheduler.grace_period", doc.scheduler.grace_period, f"exceeds train.epochs ({epochs})")
     spec = StudySpec(
-        path=str(path), name=name, method=method, data=data, fixed=fixed, params=list(params.values()),
-        samples=samples, concurrency=concurrency, scheduler=scheduler, resources=resources,
-        metric=metric, mode=mode, seed=seed, sampler=sampler, max_failures=max_failures,
-        description=description, document=doc,
-    )
-    _check_method(spec, path)
-    if scheduler["type"] == "asha" and scheduler["grace_period"] > spec.epochs:
-        raise SpaceError(path, "scheduler.grace_period", scheduler["grace_period"],
-                         f"exceeds train.epochs ({spec.epochs})")
+        path=str(path), name=doc.name, method=doc.method, data=data, fixed=fixed, params=params,
+        samples=doc.budget.samples, concurrency=doc.budget.concurrency, scheduler=doc.scheduler.model_dump(),
+        resources=doc.resources.model_dump(), metric=doc.metric, mode=doc.mode, seed=doc.seed,
+        sampler=doc.sampler, max_failures=doc.max_failures, description=doc.description, document=raw)
     # Last, as it may read every file of a dataset (cached): the data and the backbone weights.
     try:
         spec.data_summary = check_data_spec(data)
     except ConfigError as e:
         raise SpaceError(path, e.key, e.value, e.message, getattr(e, "details", ())) from None
-    model = merge(METHODS[method].defaults, spec.fixed).get("model", {})
     try:
-        check_backbone_weights(model)
+        check_backbone_weights(settings["model"])
     except BackboneError as e:
         raise SpaceError(path, f"fixed.{e.key}", e.value, e.message) from None
-    spec.fixed = merge(spec.fixed, {"train": {"seed": seed}}) if "seed" not in fixed.get("train", {}) else spec.fixed
+    if "seed" not in fixed.get("train", {}):  # the study seed reaches the trials
+        spec.fixed = merge(spec.fixed, {"train": {"seed": doc.seed}})
     return spec
-
-
-def _check_method(spec: StudySpec, path) -> None:
-    """The method's own check on the fixed settings, and on each searched parameter at each of
-    its choices (or both bounds) with the others fixed."""
-    method = METHODS[spec.method]
-    base = merge(method.defaults, spec.fixed)
-    candidates = [({}, None)]
-    for p in spec.params:
-        for v in (p.choices if p.type == "categorical" else (p.low, p.high)):
-            candidates.append(({p.name: v}, p))
-    for override, param in candidates:
-        try:
-            method.check(merge(base, override))
-        except ConfigError as e:
-            key = f"search.{param.name}" if param is not None else f"fixed.{e.key}"
-            raise SpaceError(path, key, e.value, e.message) from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None, num_samples: int | None = None) -> StudySpec:

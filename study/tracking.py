@@ -1,6 +1,6 @@
 """MLflow tracking of a study: one parent run per study, one child run per trial.
 
-Ray's own integrations are not used (harness.md): ``MLflowLoggerCallback`` sends one request
+Ray's own integrations are not used (docs/harness.md): ``MLflowLoggerCallback`` sends one request
 per metric per step, opens duplicate runs after a resume and leaves old ones RUNNING, and
 neither integration nests runs. :class:`MlflowTrialCallback` looks a trial's child run up by its
 ``ray.trial_id`` tag before creating one, logs each result with one ``log_batch`` call and ends

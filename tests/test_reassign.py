@@ -1,4 +1,4 @@
-"""Label reassign loss (this project's design, spec §3 L_lr): prototypes, the margin and the
+"""Label reassign loss (this project's design, docs/single_stage.md §3 L_lr): prototypes, the margin and the
 prediction reassignment rules, the prototype contrastive loss by hand, empty and one-class
 cases, gradcheck, and the composition with reassignment switched off."""
 

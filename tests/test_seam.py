@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.settings.tree import ConfigError, merge
+from types import SimpleNamespace
+
+from pydantic import ValidationError
+
 from trainables.data.dataset import TrainBatch
-from trainables.methods.seam import DEFAULTS, SeamNet, adaptive_min_pooling_loss, check, seam_cam_fn, seam_terms
+from trainables.methods.seam import SeamNet, SeamSettings, SeamTrainer, adaptive_min_pooling_loss
+from trainables.settings.sections import first_problem
 
 MODEL = {"backbone": "small_cnn", "width": 16, "channels_last": False}
+
+
+def _trainer(**settings) -> SeamTrainer:
+    cfg = SeamSettings.resolve({"model": MODEL, **settings})
+    return SeamTrainer(cfg, SimpleNamespace(num_fg=3), torch.device("cpu"))
 
 
 def _batch() -> TrainBatch:
@@ -29,8 +38,8 @@ def test_seam_net_adds_a_revised_cam_with_a_background_channel():
 def test_seam_step_trains_the_pcm_through_ecr_only():
     torch.manual_seed(0)
     net = SeamNet(MODEL, 3)
-    cfg = merge(DEFAULTS, {"seam": {"scale": 0.5}})
-    terms = seam_terms(net, _batch(), cfg, {"device": torch.device("cpu")})
+    trainer = _trainer(**{"seam.scale": 0.5})
+    terms = trainer.terms(net, _batch(), 0.0, 0)
     assert set(terms) == {"cls", "er", "ecr"} and all(torch.isfinite(v) for v in terms.values())
     terms["er"].backward(retain_graph=True)
     assert net.pcm.fuse.weight.grad is None  # ER compares plain CAMs: no path to the PCM
@@ -39,13 +48,14 @@ def test_seam_step_trains_the_pcm_through_ecr_only():
     assert net.pcm.fuse.weight.grad.abs().sum() > 0
     # The PCM's input CAM and mid-level features are detached: ECR alone leaves the backbone.
     net.zero_grad(set_to_none=True)
-    seam_terms(net, _batch(), cfg, {"device": torch.device("cpu")})["ecr"].backward()
+    trainer.terms(net, _batch(), 0.0, 0)["ecr"].backward()
     assert net.backbone.body[0][0].weight.grad is None and net.classifier.weight.grad is None
 
 
 def test_rvmin_term_only_when_weighted_and_hand_case():
-    cfg = merge(DEFAULTS, {"seam": {"scale": 0.5}, "loss": {"rvmin": {"weight": 0.5}}})
-    assert "rvmin" in seam_terms(SeamNet(MODEL, 3), _batch(), cfg, {"device": torch.device("cpu")})
+    assert "rvmin" not in _trainer(**{"seam.scale": 0.5}).terms(SeamNet(MODEL, 3), _batch(), 0.0, 0)
+    weighted = _trainer(**{"seam.scale": 0.5, "loss.rvmin.weight": 0.5})
+    assert "rvmin" in weighted.terms(SeamNet(MODEL, 3), _batch(), 0.0, 0)
     rev = torch.zeros(1, 3, 2, 2)
     rev[0, 1] = torch.tensor([[0.1, 0.9], [0.4, 0.0]])
     rev[0, 2] = torch.tensor([[0.2, 0.0], [0.3, 0.8]])
@@ -57,13 +67,13 @@ def test_eval_cams_are_the_pcm_foreground_or_the_classifier():
     net = SeamNet(MODEL, 3)
     x = torch.randn(1, 3, 32, 32)
     out = net(x)
-    torch.testing.assert_close(seam_cam_fn(net, DEFAULTS)(x), out["cam_rv"][:, 1:])
-    torch.testing.assert_close(seam_cam_fn(net, merge(DEFAULTS, {"seam": {"eval_cams": "cam"}}))(x), out["cam_raw"])
+    torch.testing.assert_close(_trainer().cam_fn(net)(x), out["cam_rv"][:, 1:])
+    torch.testing.assert_close(_trainer(**{"seam.eval_cams": "cam"}).cam_fn(net)(x), out["cam_raw"])
 
 
 @pytest.mark.parametrize("key,value", [("seam.ecr_target", "soft"), ("seam.eval_cams", "both"),
                                        ("seam.scale", 0.0), ("seam.ohem_ratio", 1.5)])
-def test_check_names_the_bad_setting(key, value):
-    with pytest.raises(ConfigError) as e:
-        check(merge(DEFAULTS, {key: value}))
-    assert e.value.key == key
+def test_settings_name_the_bad_setting(key, value):
+    with pytest.raises(ValidationError) as e:
+        SeamSettings.resolve({key: value})
+    assert first_problem(e.value).key == key

@@ -62,7 +62,7 @@ class SyntheticData(Section):
     @model_validator(mode="after")
     def _radii(self) -> "SyntheticData":
         if self.min_radius > self.max_radius:
-            raise ValueError(f"min_radius ({self.min_radius}) must not exceed max_radius ({self.max_radius})")
+            raise ValueError(f"min_radius: must not exceed max_radius ({self.max_radius})")
         return self
 
 

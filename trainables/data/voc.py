@@ -37,7 +37,7 @@ CLASS_NAMES = [
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 ]
-# Published sizes (spec §5): a different count is reported in the plan, not refused.
+# Published sizes (docs/single_stage.md §5): a different count is reported in the plan, not refused.
 STANDARD_SIZES = {"train": 1464, "val": 1449, "train_aug": 10582, "trainval": 2913}
 TRAIN_AUG_LISTS = ("ImageSets/SegmentationAug/train_aug.txt", "ImageSets/Segmentation/train_aug.txt",
                    "ImageSets/Segmentation/trainaug.txt", "ImageSets/Segmentation/aug.txt")

@@ -1,4 +1,4 @@
-"""CAM evaluation that is fair between methods and says what it did (baselines.md, spec §5).
+"""CAM evaluation that is fair between methods and says what it did (docs/baselines.md, docs/single_stage.md §5).
 
 A CAM becomes a mask as argmax([t; CAMs of the image's classes]) with one background threshold
 t. Papers sweep t and report the best value, often on the split they report; here t is chosen

@@ -1,6 +1,6 @@
 """Segmentation metrics: a confusion matrix accumulated over a split, per-class IoU from it.
 
-mIoU follows the PASCAL VOC protocol (spec §5): one confusion matrix over the whole split,
+mIoU follows the PASCAL VOC protocol (docs/single_stage.md §5): one confusion matrix over the whole split,
 background included, label 255 ignored; IoU_c = TP / (TP + FP + FN). A class that appears
 neither in the ground truth nor in the prediction has no IoU (NaN) and is left out of the mean,
 as in the usual VOC evaluation scripts; a class that is predicted but never present scores 0.
@@ -54,7 +54,7 @@ def mean_iou(conf: np.ndarray) -> float:
 
 def cam_masks(cams: torch.Tensor, thresholds: torch.Tensor | list[float]) -> torch.Tensor:
     """Masks from normalised CAMs (B, C_fg, H, W) for each background threshold t:
-    argmax([t; CAMs]) as in CAM evaluation (spec §5). Returns (T, B, H, W) class indices."""
+    argmax([t; CAMs]) as in CAM evaluation (docs/single_stage.md §5). Returns (T, B, H, W) class indices."""
     t = torch.as_tensor(thresholds, dtype=cams.dtype, device=cams.device)
     best_fg, arg_fg = cams.max(dim=1)  # (B, H, W)
     # argmax([t; cams]) is background unless some class beats t (ties go to background).
@@ -64,7 +64,7 @@ def cam_masks(cams: torch.Tensor, thresholds: torch.Tensor | list[float]) -> tor
 
 class CamThresholdSweep:
     """Accumulates one confusion matrix per background threshold, to report CAM mIoU at the
-    best threshold (spec §5: t swept over 0.00-0.60).
+    best threshold (docs/single_stage.md §5: t swept over 0.00-0.60).
 
     One pass per batch serves every threshold: a pixel whose best CAM is m goes to its arg-max
     class at every t < m and to background otherwise (:func:`cam_masks`), so counting pixels by
@@ -104,7 +104,7 @@ class CamThresholdSweep:
 
 def pseudo_label_quality(pseudo: torch.Tensor, gt: torch.Tensor,
                          ignore_index: int = IGNORE_INDEX) -> tuple[int, int, int]:
-    """Counts for pseudo-label precision and coverage (spec §5).
+    """Counts for pseudo-label precision and coverage (docs/single_stage.md §5).
 
     Returns (reliable pixels with a known GT, correct among them, GT pixels that are known).
     Precision = correct / reliable; coverage = reliable / known.

@@ -1,4 +1,4 @@
-"""Adaptive affinity loss (spec §3; AALR, ACM MM 2021, on top of Adaptive Affinity Fields, Ke et
+"""Adaptive affinity loss (docs/single_stage.md §3; AALR, ACM MM 2021, on top of Adaptive Affinity Fields, Ke et
 al., ECCV 2018, eq. 3-5).
 
 Every pixel i is paired with its 8 neighbours j at distance ``d`` (the corners and edges of a

@@ -1,4 +1,4 @@
-"""Loss terms of the single-stage model (spec §3). Each is a small function of tensors; the
+"""Loss terms of the single-stage model (docs/single_stage.md §3). Each is a small function of tensors; the
 trainer combines them as L = L_cls + sum_k w_k * L_k with a switch per term."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from trainables.data.dataset import IGNORE_INDEX
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """L_cls: multilabel soft-margin loss on the GAP logits (spec §3)."""
+    """L_cls: multilabel soft-margin loss on the GAP logits (docs/single_stage.md §3)."""
     return F.multilabel_soft_margin_loss(logits, labels)
 
 
 def balanced_ce_loss(seg_logits: torch.Tensor, target: torch.Tensor,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """L_ce: cross-entropy on reliable background pixels plus cross-entropy on reliable
-    foreground pixels, each averaged over its own pixels (spec §3, RRM ``compute_joint_loss``).
+    foreground pixels, each averaged over its own pixels (docs/single_stage.md §3, RRM ``compute_joint_loss``).
 
     A part with no pixel contributes 0 (never NaN).
 

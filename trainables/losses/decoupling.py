@@ -1,4 +1,4 @@
-"""LDF-style label decoupling as an option for the CE term (spec: baselines.md, "LDF label
+"""LDF-style label decoupling as an option for the CE term (docs/baselines.md, "LDF label
 decoupling"; Wei et al., "Label Decoupling Framework for Salient Object Detection", CVPR 2020,
 §3.1; code weijun88/LDF, the ``split_map`` script that writes ``body-origin`` / ``detail-origin``).
 

@@ -1,4 +1,4 @@
-"""Dense energy loss: RRM's gated DenseCRF loss (spec §3; Tang et al., "On Regularized Losses for
+"""Dense energy loss: RRM's gated DenseCRF loss (docs/single_stage.md §3; Tang et al., "On Regularized Losses for
 Weakly-supervised CNN Segmentation", ECCV 2018, eq. 4 with the Potts relaxation; RRM, AAAI 2020,
 eq. 6-7 for the gate).
 

@@ -1,7 +1,7 @@
-"""Label reassign loss L_lr (spec §3; after AALR, ACM MM 2021).
+"""Label reassign loss L_lr (docs/single_stage.md §3; after AALR, ACM MM 2021).
 
 AALR publishes no formula for its label reassign step, so everything below is THIS PROJECT'S
-OWN DESIGN (spec ../shared/specs/single_stage.md §3 "L_lr"), not a reproduction of the paper:
+OWN DESIGN (docs/single_stage.md §3 "L_lr"), not a reproduction of the paper:
 
 1. An embedding head on the segmentation features gives ``embed`` (B, D, H, W) at the label
    resolution. Embeddings are L2-normalised over D before any use.

@@ -1,4 +1,4 @@
-"""SC-CAM (Chang et al., CVPR 2020; baselines.md): sub-category exploration. Besides the parent
+"""SC-CAM (Chang et al., CVPR 2020; docs/baselines.md): sub-category exploration. Besides the parent
 classifier, a second 1x1 head scores C*K sub-categories; each round clusters, per parent class,
 the GAP features of the training images that contain it into K groups (k-means, fixed seed,
 subcategory.py) and trains L = L_cls(parent) + lambda * L_cls(sub) with lambda =
@@ -54,8 +54,8 @@ class SccamSettings(CamMethodSettings):
     @model_validator(mode="after")
     def _rounds_fit(self) -> "SccamSettings":
         if self.sccam.rounds > self.train.epochs:
-            raise ValueError(f"sccam.rounds ({self.sccam.rounds}) must be between 1 and train.epochs "
-                             f"({self.train.epochs}): the trial's epochs are split over the rounds")
+            raise ValueError(f"sccam.rounds: must be between 1 and train.epochs ({self.train.epochs}): "
+                             "the trial's epochs are split over the rounds")
         return self
 
 

@@ -1,4 +1,4 @@
-"""SEAM (Wang et al., CVPR 2020; baselines.md): a siamese pass over the crop and its rescale
+"""SEAM (Wang et al., CVPR 2020; docs/baselines.md): a siamese pass over the crop and its rescale
 A(I), equivariant regularisation between the two branches' CAMs, a pixel correlation module
 (PCM) that revises each CAM by feature affinity, and equivariant cross regularisation between
 one branch's revised CAM and the other's plain CAM, with online hard example mining.

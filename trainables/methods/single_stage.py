@@ -233,7 +233,7 @@ def segment_probs(model: SingleStageNet, x: torch.Tensor, scales: list[float] = 
                   seg_at_1: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C+1, H, W) class probabilities at the input size: the seg head's softmax, averaged
     over input ``scales`` and, with ``flip``, their horizontal mirrors (multi-scale + flip
-    inference, spec §4). ``seg_at_1`` reuses logits already computed at scale 1."""
+    inference, docs/single_stage.md §4). ``seg_at_1`` reuses logits already computed at scale 1."""
     size = tuple(x.shape[-2:])
     total = None
     for s in scales:

@@ -19,7 +19,7 @@ class SingleStageNet(nn.Module):
     before ReLU; ``logits`` (B, C): its global average (= classifier on pooled features, §1);
     ``seg`` (B, C+1, h, w) segmentation logits; ``features`` (B, F, h, w); with ``embed_dim`` > 0
     also ``embed`` (B, embed_dim, h, w), a 1x1 projection of the segmentation head's hidden
-    features (the label reassign loss's embedding head, spec §3).
+    features (the label reassign loss's embedding head, docs/single_stage.md §3).
     """
 
     def __init__(self, model_cfg: dict, num_fg: int, embed_dim: int = 0):

@@ -1,4 +1,4 @@
-"""Class activation maps (spec §1): ReLU of the dense classifier, upsampled to the crop,
+"""Class activation maps (docs/single_stage.md §1): ReLU of the dense classifier, upsampled to the crop,
 restricted to the image's classes and max-normalised; the background score (1 - max CAM)^alpha."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def normalise_cams(cam_raw: torch.Tensor, labels: torch.Tensor, size: tuple[int,
     """(B, C, h, w) raw CAMs -> (B, C, H, W) in [0, 1].
 
     ReLU, bilinear upsampling to ``size``, absent classes zeroed by the image label, each map
-    divided by its spatial max + 1e-5 (spec §1).
+    divided by its spatial max + 1e-5 (docs/single_stage.md §1).
 
     Example:
         >>> raw = torch.tensor([[[[2.0, -1.0]], [[1.0, 1.0]]]])  # B=1, C=2, 1x2

@@ -1,4 +1,4 @@
-"""Reliable pseudo labels from CAMs (spec §2, after RRM's ``compute_seg_label``).
+"""Reliable pseudo labels from CAMs (docs/single_stage.md §2, after RRM's ``compute_seg_label``).
 
 Two score maps [bg; CAMs of present classes] with a low and a high background exponent alpha
 are refined by dense CRFs (or used as they are with ``crf=False``). Foreground comes from the
@@ -38,7 +38,7 @@ def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg: CrfSettings) -> np.ndarra
 
 
 def _scores(cams: np.ndarray, alpha: float) -> np.ndarray:
-    """[bg; cams] with bg = (1 - max CAM) ** alpha (spec §1)."""
+    """[bg; cams] with bg = (1 - max CAM) ** alpha (docs/single_stage.md §1)."""
     bg = np.power(np.clip(1.0 - cams.max(axis=0, initial=0.0), 0.0, 1.0), alpha)
     return np.concatenate([bg[None], cams], axis=0)
 
@@ -55,7 +55,7 @@ def reliable_labels(rgb: np.ndarray, cams: np.ndarray, present: np.ndarray,
     """Reliable pseudo label (H, W) uint8 of one image: class index (0 = background) or 255.
 
     ``cams`` is (C_fg, H, W) normalised CAMs, ``present`` the (C_fg,) image label.
-    Steps follow spec §2; comments give the step numbers. With ``return_confidence`` the CRF
+    Steps follow docs/single_stage.md §2; comments give the step numbers. With ``return_confidence`` the CRF
     marginal of each pixel's label (§2.3: background from the high-alpha CRF, foreground from the
     low-alpha one) comes back too, as a (H, W) float32 map (the affinity loss's "crf" source).
 
@@ -152,7 +152,7 @@ class PseudoLabeler:
 
     :meth:`submit` returns at once with a :class:`PendingLabels`; the CRFs then run while the
     caller does other work (the trainer's network step), which is how the CRF cost is hidden
-    (spec §2: RRM ran them serially and managed about 1 image/s, RRM issue #13). Workers are
+    (docs/single_stage.md §2: RRM ran them serially and managed about 1 image/s, RRM issue #13). Workers are
     started by a fork server that has imported this module once, so starting one is cheap and
     never forks a process holding torch's thread pools.
     """

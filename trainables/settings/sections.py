@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -123,7 +123,7 @@ class TrainSettings(Section):
     @model_validator(mode="after")
     def _scale_range(self) -> "TrainSettings":
         if self.scale_min > self.scale_max:
-            raise ValueError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+            raise ValueError(f"scale_min: must not exceed scale_max ({self.scale_max})")
         return self
 
 
@@ -228,6 +228,9 @@ class ClassificationLosses(Section):
     cls: LossTerm = LossTerm()
 
 
+_NAMED = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+)$", re.S)
+
+
 def _key(loc: tuple) -> str:
     """pydantic's location as a dotted key: union branch tags (``literal['auto']``, ``int``, a
     dataset name under ``data``) and list indices left out."""
@@ -263,30 +266,46 @@ def first_problem(exc: ValidationError, model: type[BaseModel] | None = None) ->
         optimizer='adamm': input should be 'sgd' or 'adam'
     """
     errors = exc.errors(include_url=False)
-    key = _key(errors[0]["loc"])
+    first = errors[0]
+    key = _key(first["loc"])
+    if first["type"] == "union_tag_invalid":  # a discriminated union (the data section): its tag
+        ctx = first["ctx"]
+        return ConfigError(f"{key}.{ctx['discriminator'].strip(chr(39))}", ctx["tag"],
+                           f"unknown; choose one of {ctx['expected_tags']}")
+    named = _NAMED.match(_message(first)) if first["type"] == "value_error" else None
+    if named:  # a check across settings names the one at fault: "<key>: <message>"
+        value = first.get("input")
+        for part in named["key"].split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        return ConfigError(f"{key}.{named['key']}".lstrip("."), value, named["message"])
     same = [e for e in errors if _key(e["loc"]) == key]
     message = " or ".join(dict.fromkeys(_message(e) for e in same))
-    if errors[0]["type"] == "extra_forbidden" and model is not None:
-        known = known_keys(model, key.rsplit(".", 1)[0] if "." in key else "")
+    if first["type"] == "extra_forbidden" and model is not None:
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        known = known_keys(model, section, tag=first["loc"][1] if section == "data" else None)
         close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
         message += (f"; did you mean {close[0]!r}?" if close else "") + f" (known: {', '.join(known)})"
     return ConfigError(key, errors[0].get("input"), message)
 
 
-def section_model(model: type[BaseModel], dotted: str) -> type[BaseModel] | None:
-    """The model class of the section at ``dotted`` ("" = ``model`` itself), or None."""
+def section_model(model: type[BaseModel], dotted: str, tag: str | None = None) -> type[BaseModel] | None:
+    """The model class of the section at ``dotted`` ("" = ``model`` itself), or None. A union
+    of sections (the data section) resolves to the member whose ``name`` is ``tag``."""
     node: Any = model
     for part in [p for p in dotted.split(".") if p]:
         field = node.model_fields.get(part) if isinstance(node, type) and issubclass(node, BaseModel) else None
         if field is None:
             return None
         node = field.annotation
+        members = [m for m in get_args(node) if isinstance(m, type) and issubclass(m, BaseModel)]
+        if members:
+            node = next((m for m in members if "name" in m.model_fields and m.model_fields["name"].default == tag), None)
     return node if isinstance(node, type) and issubclass(node, BaseModel) else None
 
 
-def known_keys(model: type[BaseModel], dotted: str = "") -> list[str]:
+def known_keys(model: type[BaseModel], dotted: str = "", tag: str | None = None) -> list[str]:
     """The keys of the section at ``dotted``."""
-    section = section_model(model, dotted)
+    section = section_model(model, dotted, tag)
     return list(section.model_fields) if section is not None else []
 
 
