@@ -58,11 +58,11 @@ EXTRA = ("train/pseudo/precision", "train/pseudo/coverage", "train/reassign/chan
 def _run(config: dict, threads: int) -> dict:
     import torch
 
-    from trainables.methods.single_stage import train
+    from trainables.methods.registry import METHODS
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    last = train(config)[-1]
+    last = METHODS["aal"].train(config)[-1]
     return {**last, "time/run_s": time.perf_counter() - t0}
 
 

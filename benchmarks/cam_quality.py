@@ -60,15 +60,15 @@ def _start_quality(config: dict) -> dict:
     """The shared classification checkpoint's CAMs, evaluated like every row."""
     import torch
 
-    from trainables.methods.cam import DEFAULTS, CamBaselineNet
-    from trainables.evaluation.cam_eval import evaluate_cams
-    from trainables.settings.tree import merge
     from trainables.data.registry import load_dataset
+    from trainables.evaluation.cam_eval import evaluate_cams
     from trainables.loop.trial import load_start_weights
+    from trainables.methods.registry import METHODS
+    from trainables.nets.cam import CamNet
 
-    cfg = merge(DEFAULTS, config)
+    cfg = METHODS["cam"].resolve(config)
     ds = load_dataset(cfg["data"])
-    net = CamBaselineNet(cfg["model"], ds.num_fg)
+    net = CamNet(cfg["model"], ds.num_fg)
     load_start_weights(net, cfg, ds, torch.device("cpu"))
     net.eval()
     return evaluate_cams(lambda z: net(z)["cam_raw"], ds, cfg, torch.device("cpu"))
@@ -77,6 +77,7 @@ def _start_quality(config: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     add_config_args(p)
+    p.set_defaults(space="search_spaces/cam.yaml")  # settings every CAM method takes (aal.yaml's are not)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -85,6 +86,9 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write every run's metrics to this JSON file")
     args = p.parse_args()
     base = base_config(args)
+    from trainables.methods.registry import METHODS
+
+    epochs = int(METHODS["cam"].resolve(base)["train"]["epochs"])  # the space's (or --epochs), validated
     rows = [r for r in ROWS + EXTRA_ROWS if (args.only is None and r in ROWS) or (args.only and r[0] in args.only)]
     t_start = time.perf_counter()
     results: dict[tuple[str, int], dict] = {}
@@ -98,7 +102,7 @@ def main() -> None:
             if method == "seam":
                 over.setdefault("seam.scale", args.seam_scale)
             for s in args.seeds:
-                cfg = {**base, **over, "train.seed": s, "train.epochs": int(base.get("train.epochs", 6)) * mult}
+                cfg = {**base, **over, "train.seed": s, "train.epochs": epochs * mult}
                 futures[pool.submit(_run, method, cfg, args.threads)] = (key, s)
         for f in as_completed(futures):
             key, s = futures[f]

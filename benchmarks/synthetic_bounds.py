@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_config_args, base_config  # noqa: E402
 
-from trainables.methods.single_stage import train  # noqa: E402
+from trainables.methods.registry import METHODS  # noqa: E402
 
 
 def main() -> None:
@@ -39,12 +39,12 @@ def main() -> None:
         ("full: ground-truth masks (upper bound)", {"train.supervision": "full", "eval.crf": True}),
     ]:
         t0 = time.perf_counter()
-        hist = train({**base, **extra})
+        hist = METHODS["aal"].train({**base, **extra})
         last = hist[-1]
         rows.append((label, last["val/miou_nocrf"], last["val/miou"], last["val/cam_miou"], last["train/cam_threshold"],
                      last.get("train/pseudo/precision", float("nan")), last.get("train/pseudo/coverage", float("nan")),
                      time.perf_counter() - t0))
-    print(f"space {args.space}, {len(hist)} epochs, backbone {base['model']['backbone']}")
+    print(f"space {args.space}, {len(hist)} epochs, backbone {METHODS['aal'].resolve(base)['model']['backbone']}")
     print(f"{'run':<50} {'val mIoU':>9} {'+ test CRF':>10} {'CAM mIoU':>9} {'CAM t (train)':>6} {'PL prec':>8} {'PL cov':>7} "
           f"{'time s':>7}")
     for r in rows:

@@ -49,10 +49,10 @@ VOC = {
 def _train_run(config: dict, threads: int) -> dict:
     import torch
 
-    from trainables.methods.single_stage import train
+    from trainables.methods.registry import METHODS
 
     torch.set_num_threads(threads)
-    hist = train(config)
+    hist = METHODS["aal"].train(config)
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available() and config["train"].get("device") == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"images_per_s": hist[-1]["train/images_per_s"], "peak_bytes": peak,

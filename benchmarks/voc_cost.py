@@ -47,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from trainables.settings.tree import merge
     from trainables.data.registry import load_dataset
-    from trainables.methods.single_stage import DEFAULTS, SingleStageNet, evaluate, train
     from trainables.evaluation.cam_eval import evaluate_cams
-    from trainables.loop.trial import Float32Net, resolve_device
+    from trainables.loop.train import Float32Net, resolve_device
+    from trainables.methods.registry import METHODS
+    from trainables.methods.single_stage import evaluate
+    from trainables.nets.segmentation import SingleStageNet
+    from trainables.settings.tree import merge
 
     tmp = None
     root = args.root
@@ -66,18 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.set = [f"data.root={root}", *args.set]
     base = base_config(args)
-    cfg = merge(DEFAULTS, base)
+    aal = METHODS["aal"]
+    cfg = aal.resolve(base)
     bs = int(cfg["train"]["batch_size"])
     n_train = args.steps * bs
     device = resolve_device(args.device)
-    run_cfg = merge(cfg, {"data": {"max_train": n_train, "max_val": args.val_images},
-                          "train": {"epochs": 2, "seg_warmup_epochs": 0, "device": str(device),
-                                    "checkpoint_every": 100},
-                          "eval": {"every": 100, "cam_quality": False}})
+    run_cfg = aal.resolve(merge(cfg, {"data": {"max_train": n_train, "max_val": args.val_images},
+                                      "train": {"epochs": 2, "seg_warmup_epochs": 0, "device": str(device),
+                                                "checkpoint_every": 100},
+                                      "eval": {"every": 100, "cam_quality": False}}))
     print(f"device {device}; {cfg['model']['backbone']}, crop {cfg['train']['crop']}, batch {bs}, "
           f"pseudo.workers {cfg['pseudo']['workers']}, autocast {cfg['train']['autocast']}; "
           f"{args.steps} steps measured after {args.steps} warm-up steps")
-    hist = train(run_cfg)
+    hist = aal.train(run_cfg)
     m = hist[-1]
     ips = m["train/images_per_s"]
     wait = m.get("time/pseudo_wait_s", 0.0)

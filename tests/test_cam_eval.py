@@ -10,8 +10,9 @@ import torch
 from trainables.pseudo.cam import multiscale_cams
 from trainables.evaluation.cam_eval import (as_segmentation_metrics, crf_cam_mask, evaluate_cams, threshold_grid,
                                  train_subset)
-from trainables.methods.classifier import CAM_METHOD_DEFAULTS
-from trainables.settings.tree import merge
+from trainables.methods.cam import CamMethodSettings
+from trainables.methods.registry import METHODS
+from trainables.settings.sections import first_problem
 from trainables.data.dataset import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, Split
 from trainables.pseudo.labels import CrfSettings
 
@@ -35,7 +36,7 @@ def _split(halo_is_object: bool) -> Split:
 
 
 def _cfg(**eval_overrides) -> dict:
-    return merge(CAM_METHOD_DEFAULTS, {"eval": {"cam_threshold_step": 0.05, **eval_overrides}})
+    return CamMethodSettings.resolve({"eval": {"cam_threshold_step": 0.05, **eval_overrides}})
 
 
 def test_threshold_is_chosen_on_train_and_applied_to_val():
@@ -121,15 +122,14 @@ def test_multiscale_cams_flip_averages_the_mirrored_pass():
     assert not torch.allclose(multiscale_cams(cam_fn, x, labels, [1.0]), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["aal", "cam", "seam", "sccam"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_checks_the_cam_evaluation_settings(method):
-    from trainables.settings.tree import ConfigError
-    from trainables.methods.registry import METHODS
+    from pydantic import ValidationError
 
     m = METHODS[method]
-    m.check(m.defaults)
+    m.resolve(m.defaults)
     for key, value in [("eval.cam_threshold_source", "val"), ("eval.cam_threshold_step", 0.0),
                        ("eval.cam_threshold", 1.5)]:
-        with pytest.raises(ConfigError) as e:
-            m.check(merge(m.defaults, {key: value}))
-        assert e.value.key == key
+        with pytest.raises(ValidationError) as e:
+            m.resolve({key: value})
+        assert first_problem(e.value).key == key

@@ -1,5 +1,6 @@
 """Comparisons: validation of the comparison YAML, the seed reruns' study, equal budgets in the
-shipped search spaces, and one tiny comparison through the real CLI (four methods, two seeds)."""
+shipped search spaces, and one tiny comparison through the real CLI (every registered method,
+two seeds). Methods, labels and baselines come from the registry (trainables/methods/registry.py)."""
 
 from __future__ import annotations
 
@@ -14,27 +15,34 @@ import yaml
 
 from study.compare import load_compare, seeds_spec
 from study.space import SpaceError, load_spec
+from trainables.methods.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
-EXTRA = {"aal": {"pseudo.fg_percentile": {"type": "uniform", "low": 0.3, "high": 0.8}},
-         "seam": {"seam.scale": {"type": "uniform", "low": 0.4, "high": 0.7}},
-         "sccam": {"sccam.k": {"type": "int", "low": 2, "high": 4}}, "cam": {}}
+# What a method's tiny study adds to the settings every study shares (a method not listed adds
+# nothing): a searched parameter of its own, and for SC-CAM two rounds (a by-round table).
+SEARCH = {"aal": {"pseudo.fg_percentile": {"type": "uniform", "low": 0.3, "high": 0.8}},
+          "seam": {"seam.scale": {"type": "uniform", "low": 0.4, "high": 0.7}},
+          "sccam": {"sccam.k": {"type": "int", "low": 2, "high": 4}}}
+FIXED = {"sccam": {"sccam": {"rounds": 2}}}
+ROUNDS = [m for m, fixed in FIXED.items() if fixed.get(m, {}).get("rounds", 1) > 1]
+FIRST = next(iter(METHODS))  # the first study of the tiny comparison
 
 
 def _write_tiny(tmp: Path, seeds=(0, 1), samples: int = 1) -> Path:
-    for m, extra in EXTRA.items():
+    assert set(SEARCH) | set(FIXED) <= set(METHODS)
+    for m in METHODS:
         fixed = {"model": {"backbone": "small_cnn", "width": 16, "seg_hidden": 32},
-                 "pretrain": {"epochs": 1, "batch_size": 16}, "train": {"epochs": 2, "batch_size": 16, "crop": 32}}
-        if m == "sccam":
-            fixed["sccam"] = {"rounds": 2}
+                 "pretrain": {"epochs": 1, "batch_size": 16}, "train": {"epochs": 2, "batch_size": 16, "crop": 32},
+                 **FIXED.get(m, {})}
         doc = {"name": f"tiny-{m}", "method": m, "data": {"name": "synthetic", "num_train": 32, "num_val": 8,
                                                           "image_size": 32},
-               "fixed": fixed, "search": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2}, **extra},
+               "fixed": fixed, "search": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
+                                          **SEARCH.get(m, {})},
                "budget": {"samples": 4, "concurrency": 1},
                "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}
         (tmp / f"{m}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    cmp = {"name": "tiny-compare", "compare": {"studies": [f"{m}.yaml" for m in EXTRA], "seeds": list(seeds)},
+    cmp = {"name": "tiny-compare", "compare": {"studies": [f"{m}.yaml" for m in METHODS], "seeds": list(seeds)},
            "budget": {"samples": samples, "concurrency": 2}}
     path = tmp / "compare.yaml"
     path.write_text(yaml.safe_dump(cmp, sort_keys=False))
@@ -43,7 +51,7 @@ def _write_tiny(tmp: Path, seeds=(0, 1), samples: int = 1) -> Path:
 
 def test_the_comparison_budget_overrides_every_study(tmp_path):
     c = load_compare(_write_tiny(tmp_path), num_samples=3)
-    assert [s.method for s in c.studies] == ["aal", "seam", "sccam", "cam"]
+    assert [s.method for s in c.studies] == list(METHODS)
     assert {(s.samples, s.concurrency) for s in c.studies} == {(3, 2)}
     assert c.seeds == [0, 1]
 
@@ -53,7 +61,8 @@ def test_the_comparison_budget_overrides_every_study(tmp_path):
                                           ("compare.extra=1", "compare.extra"),
                                           ("budget.samples=0", "budget.samples"),
                                           ("fixed.train.lr=1", "--set fixed.train.lr=1"),
-                                          ("compare.set.fixed.train.crop=abc", "compare.studies: aal.yaml: fixed.train.crop")])
+                                          ("compare.set.fixed.train.crop=abc",
+                                           f"compare.studies: {FIRST}.yaml: fixed.train.crop")])
 def test_bad_comparisons_name_the_key(tmp_path, override, key):
     with pytest.raises(SpaceError) as e:
         load_compare(_write_tiny(tmp_path), [override])
@@ -61,7 +70,7 @@ def test_bad_comparisons_name_the_key(tmp_path, override, key):
 
 
 def test_seed_reruns_fix_the_best_configuration_and_grid_the_seed(tmp_path):
-    spec = load_compare(_write_tiny(tmp_path)).studies[1]  # seam
+    spec = next(s for s in load_compare(_write_tiny(tmp_path)).studies if s.method == "seam")
     s = seeds_spec(spec, {"train.lr": 0.004, "seam.scale": 0.55}, [0, 1, 2])
     assert s.name == "tiny-seam-seeds" and s.sampler == "grid" and s.samples == 3
     assert s.scheduler["type"] == "none" and [p.name for p in s.params] == ["train.seed"]
@@ -83,9 +92,10 @@ def test_grid_sampler_takes_categorical_parameters_and_the_grid_size(tmp_path):
 
 
 def test_shipped_baselines_share_the_single_stage_budget():
-    """cam/seam/sccam.yaml: same data, backbone, start weights, epochs, optimizer, batch, crop,
-    trials, concurrency and scheduler as aal.yaml (the shared checkpoint needs the first four)."""
-    docs = {m: yaml.safe_load((SPACES / f"{m}.yaml").read_text()) for m in ("aal", "cam", "seam", "sccam")}
+    """Every registered method's <method>.yaml: same data, backbone, start weights, epochs,
+    optimizer, batch, crop, trials, concurrency and scheduler as aal.yaml (the shared checkpoint
+    needs the first four); compare.yaml runs them all."""
+    docs = {m: yaml.safe_load((SPACES / f"{m}.yaml").read_text()) for m in METHODS}
     ref = docs["aal"]
     for m, d in docs.items():
         for key in ("data", "budget", "scheduler", "resources", "metric", "seed"):
@@ -96,7 +106,10 @@ def test_shipped_baselines_share_the_single_stage_budget():
             assert d["fixed"]["train"][key] == ref["fixed"]["train"][key], (m, key)
         assert d["search"]["train.lr"] == ref["search"]["train.lr"], m
     c = load_compare(SPACES / "compare.yaml")
-    assert [s.method for s in c.studies] == ["aal", "seam", "sccam", "cam"] and len(c.seeds) >= 3
+    # The single-stage model, then the baselines, then the other methods, each in registry order.
+    order = (["aal"] + [m for m, meth in METHODS.items() if meth.baseline]
+             + [m for m, meth in METHODS.items() if m != "aal" and not meth.baseline])
+    assert [s.method for s in c.studies] == order and len(c.seeds) >= 3
 
 
 @pytest.mark.e2e
@@ -108,23 +121,31 @@ def test_one_command_runs_the_comparison_and_writes_the_report(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"comparison report: {(out / 'comparison.md').resolve()}" in proc.stdout
     md = (out / "comparison.md").read_text()
-    for label in ("single-stage (aal)", "SEAM", "SC-CAM", "CAM"):
-        assert f"| {label} " in md
-    assert "mean ± std (2 seeds)" in md and "### Δ against SEAM" in md and "### Δ against SC-CAM" in md
-    assert "NOT comparable" in md and "## CAM quality" in md and "SC-CAM by round" in md
+    for m in METHODS.values():
+        assert f"| {m.label} " in md
+    baselines = [m.label for m in METHODS.values() if m.baseline]
+    assert baselines and all(f"### Δ against {label}" in md for label in baselines)
+    assert "mean ± std (2 seeds)" in md and "NOT comparable" in md and "## CAM quality" in md
+    # A by-round table for each method run in rounds, and for no other.
+    assert ROUNDS and all(f"### {METHODS[m].label} by round" in md for m in ROUNDS)
+    assert md.count(" by round (") == len(ROUNDS)
     assert (out / "figures" / "per_class_comparison.png").stat().st_size > 1000
-    # The single-stage study's own report gets the same-data SEAM and SC-CAM rows.
+    # The single-stage study's own report gets the same-data rows of the baselines, of no other.
     own = (out / "tiny-aal" / "report.md").read_text()
-    assert "SEAM (best trial of `tiny-seam`)" in own and "SC-CAM (best trial of `tiny-sccam`)" in own
+    for name, m in METHODS.items():
+        assert (f"{m.label} (best trial of `tiny-{name}`)" in own) == m.baseline, name
     table = pd.read_parquet(out / "comparison.parquet")
     assert set(table.columns) == {"method", "row", "class_name", "iou"}
     assert set(table["row"]) == {"best trial", "seed mean", "seed std"}
-    seeds = pd.read_parquet(out / "tiny-cam-seeds" / "trials.parquet")
-    assert len(seeds) == 2 and set(seeds["status"]) == {"COMPLETE"}
-    assert sorted(seeds["param.train.seed"]) == [0, 1]
-    # The CAM row's seed mean is the mean of its two seed runs.
-    cam_mean = table[(table["method"] == "CAM") & (table["row"] == "seed mean") & (table["class_name"] == "mIoU")]
-    assert cam_mean["iou"].item() == pytest.approx(seeds["miou"].mean())
+    seed_means = {}
+    for name, m in METHODS.items():
+        seeds = pd.read_parquet(out / f"tiny-{name}-seeds" / "trials.parquet")
+        assert len(seeds) == 2 and set(seeds["status"]) == {"COMPLETE"}, name
+        assert sorted(seeds["param.train.seed"]) == [0, 1], name
+        # Each method's row of seed means is the mean of its two seed runs.
+        mean = table[(table["method"] == m.label) & (table["row"] == "seed mean") & (table["class_name"] == "mIoU")]
+        assert mean["iou"].item() == pytest.approx(seeds["miou"].mean()), name
+        seed_means[name] = seeds["miou"].mean()
     # The report, tables and figure are also in MLflow, in an experiment named after the comparison.
     from mlflow.tracking import MlflowClient
 
@@ -132,8 +153,9 @@ def test_one_command_runs_the_comparison_and_writes_the_report(tmp_path):
     run = client.search_runs([client.get_experiment_by_name("tiny-compare").experiment_id])[0]
     assert run.data.tags["wsss.role"] == "comparison" and run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"comparison.md", "figures"}
-    assert run.data.metrics["cam/val_miou"] == pytest.approx(seeds["miou"].mean())
+    for name, mean in seed_means.items():
+        assert run.data.metrics[f"{name}/val_miou"] == pytest.approx(mean), name
     # --resume keeps finished studies and rebuilds the report.
     again = subprocess.run([sys.executable, "-m", "study.run", "--space", str(tmp_path / "compare.yaml"), "--output",
                             str(out), "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and again.stdout.count("already complete") == 8, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("already complete") == 2 * len(METHODS), again.stdout[-2000:]

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.settings.tree import merge
 from trainables.data.dataset import SegmentationDataset, Split
-from trainables.methods.single_stage import DEFAULTS, evaluate
+from trainables.methods.single_stage import SingleStageSettings, evaluate
 
 
 def _dataset() -> SegmentationDataset:
@@ -49,7 +48,7 @@ class CoarseOracle(nn.Module):
 
 
 def _cfg(**eval_overrides) -> dict:
-    return merge(DEFAULTS, {"eval": dict(eval_overrides)})
+    return SingleStageSettings.resolve({"eval": dict(eval_overrides)})
 
 
 def test_evaluate_reports_per_class_iou_of_the_argmax():

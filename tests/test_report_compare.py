@@ -1,4 +1,5 @@
-"""The comparison report's layout: per-class rows, deltas, published rows placed by dataset."""
+"""The comparison report's layout: per-class rows, deltas, published rows placed by dataset.
+Methods, labels, baselines and claimed orderings come from the registry (trainables/methods/registry.py)."""
 
 from __future__ import annotations
 
@@ -7,46 +8,89 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.baselines import VOC_CLASSES
+from reports.baselines import VOC_CLASSES, baseline_methods, published_per_class
 from reports.compare import _deltas, _wide, render
+from trainables.methods.registry import METHODS
+
+LABELS = {name: m.label for name, m in METHODS.items()}
+# Seed-mean IoU of each method (the same in every class), 5 points apart in registry order.
+BASE = {name: 0.6 - 0.05 * i for i, name in enumerate(METHODS)}
+# The published rows (VOC train CAM mIoU, reports/baselines/voc12_cam_quality.csv) the registry's
+# claims name; a method registered with a new claim adds its two rows here.
+PUBLISHED_TRAIN = {"SEAM ER+PCM": 55.1, "SEAM baseline CAM": 47.4, "SC-CAM CAM": 50.9, "AffinityNet CAM": 48.0}
+
+
+def _claims() -> list[tuple[str, str, tuple[str, str]]]:
+    """(method, the method it claims to beat, the two published rows), in registry order."""
+    return [(name, c.over, c.published) for name, m in METHODS.items() for c in m.claims]
+
+
+def _train_cam() -> dict[str, float]:
+    """Train CAM mIoU per method: the beaten methods at 50.0, the claimants alternately above
+    (52.0: holds) and below (49.0: does not hold), the rest at 55.0."""
+    v = {name: 0.55 for name in METHODS}
+    for i, (name, over, _) in enumerate(_claims()):
+        v[over] = 0.5
+        v[name] = 0.52 if i % 2 == 0 else 0.49
+    return v
 
 
 def _data(classes: list[str], dataset: str) -> dict:
     rows = []
-    for method, base in (("single-stage (aal)", 0.6), ("SEAM", 0.5), ("SC-CAM", 0.45), ("CAM", 0.4)):
+    for name, label in LABELS.items():
         for row, shift in (("best trial", 0.02), ("seed mean", 0.0), ("seed std", None)):
             for i, c in enumerate(classes + ["mIoU"]):
-                rows.append({"method": method, "row": row, "class_name": c,
-                             "iou": 0.01 if shift is None else base + shift + 0.001 * i})
-    quality = pd.DataFrame([{"method": m, "key": k, "train_cam_miou": v, "train_cam_miou_std": 0.01,
+                rows.append({"method": label, "row": row, "class_name": c,
+                             "iou": 0.01 if shift is None else BASE[name] + shift + 0.001 * i})
+    quality = pd.DataFrame([{"method": LABELS[k], "key": k, "train_cam_miou": v, "train_cam_miou_std": 0.01,
                              "val_cam_miou": v, "val_cam_miou_std": 0.01, "val_miou": v, "val_miou_std": 0.01,
                              "cam_threshold": 0.3, "trial_s": 60.0}
-                            for m, k, v in (("single-stage (aal)", "aal", 0.55), ("SEAM", "seam", 0.52),
-                                            ("SC-CAM", "sccam", 0.49), ("CAM", "cam", 0.5))])
+                            for k, v in _train_cam().items()])
     meta = {"name": "c", "samples": 8, "concurrency": 2, "seeds": [0, 1, 2],
-            "methods": [{"search": "aal", "seeds": "aal-seeds"}]}
+            "methods": [{"search": name, "seeds": f"{name}-seeds"} for name in METHODS]}
     return {"meta": meta, "table": pd.DataFrame(rows), "quality": quality, "rounds": {}, "classes": classes,
             "dataset": dataset, "costs": {}}
 
 
 def test_deltas_are_seed_mean_differences_in_points():
     data = _data(["background", "a"], "synthetic")
-    d = _deltas(_wide(data["table"], data["classes"]), "SEAM")
-    assert list(d.index) == ["single-stage (aal)", "SC-CAM", "CAM"]
-    np.testing.assert_allclose(d.loc["CAM"].values, [-10.0, -10.0, -10.0], atol=1e-9)
+    assert baseline_methods()
+    for ref in baseline_methods():
+        d = _deltas(_wide(data["table"], data["classes"]), LABELS[ref])
+        others = [name for name in METHODS if name != ref]
+        assert list(d.index) == [LABELS[name] for name in others]
+        for name in others:  # background, a, mIoU
+            np.testing.assert_allclose(d.loc[LABELS[name]].values, [100 * (BASE[name] - BASE[ref])] * 3, atol=1e-9)
 
 
 def test_synthetic_report_keeps_published_rows_apart_and_checks_orderings():
     md = render(_data(["background", "a"], "synthetic"), None, Path("."))
     table = md.split("## Per-class IoU (%)")[1].split("###")[0]
-    assert "| SEAM " in table and "mean ± std (3 seeds)" in table and "published" not in table
-    assert "NOT comparable" in md and "SEAM CVPR2020 Table 6" in md.split("NOT comparable")[1]
-    assert "SEAM above CAM: published 55.1 vs 47.4 (VOC train); here 52.0 vs 50.0 (+2.0): **holds**" in md
-    assert "SC-CAM above CAM: published 50.9 vs 48.0 (VOC train); here 49.0 vs 50.0 (-1.0): **does not hold**" in md
+    assert all(f"| {label} " in table for label in LABELS.values())
+    assert "mean ± std (3 seeds)" in table and "published" not in table
+    assert "NOT comparable" in md
+    apart = md.split("NOT comparable")[1]
+    pub = published_per_class(tuple(LABELS[name] for name in baseline_methods()))
+    assert len(pub) >= len(baseline_methods()) > 0
+    for _, r in pub.iterrows():  # every baseline's published rows, with their sources, apart
+        assert f"| {r['label']} " in apart and r["source"] in apart
+    v, verdicts = _train_cam(), set()
+    for name, over, (pub_ours, pub_over) in _claims():
+        assert {pub_ours, pub_over} <= set(PUBLISHED_TRAIN), f"add the published rows {pub_ours!r}, {pub_over!r}"
+        diff = 100 * (v[name] - v[over])
+        verdict = "holds" if diff > 0 else "does not hold"
+        verdicts.add(verdict)
+        assert (f"{LABELS[name]} above {LABELS[over]}: published {PUBLISHED_TRAIN[pub_ours]:.1f} vs "
+                f"{PUBLISHED_TRAIN[pub_over]:.1f} (VOC train); here {100 * v[name]:.1f} vs {100 * v[over]:.1f} "
+                f"({diff:+.1f}): **{verdict}**") in md
+    assert verdicts == {"holds", "does not hold"}  # both outcomes are rendered
 
 
 def test_voc_report_puts_published_rows_in_the_table():
     md = render(_data(VOC_CLASSES, "voc12"), None, Path("."))
     table = md.split("## Per-class IoU (%)")[1].split("###")[0]
-    assert "published (SEAM CVPR2020 Table 6)" in table and "| 64.5 " in table
+    pub = published_per_class(tuple(LABELS[name] for name in baseline_methods()))
+    assert len(pub) >= len(baseline_methods()) > 0
+    for _, r in pub.iterrows():  # every baseline's published rows, in the table
+        assert f"| {r['label']} " in table and f"published ({r['source']})" in table and f"| {r['miou']:.1f} " in table
     assert "NOT comparable" not in md

@@ -238,7 +238,7 @@ def _key(loc: tuple) -> str:
     for i, p in enumerate(loc):
         if isinstance(p, int) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p)):
             continue
-        if i == 1 and loc[0] == "data" and len(loc) > 2:  # the discriminated union's tag
+        if i == 1 and loc[0] == "data":  # the discriminated union's tag
             continue
         parts.append(str(p))
     return ".".join(parts)
@@ -250,20 +250,21 @@ def _message(err: dict) -> str:
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
+    msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
     return msg[0].lower() + msg[1:] if msg[:1].isupper() and not msg[1:2].isupper() else msg
 
 
 def first_problem(exc: ValidationError, model: type[BaseModel] | None = None) -> ConfigError:
     """The first problem of a validation error as a :class:`ConfigError` (dotted key, value,
-    what is allowed). Alternatives of one union are joined: "input should be 'auto' or input
-    should be greater than or equal to 0". An unknown key names the section's known keys.
+    what is allowed). Alternatives of one union are joined: "must be 'auto' or greater than or
+    equal to 0". An unknown key names the section's known keys.
 
     Example:
         >>> try:
         ...     TrainSettings.model_validate({"optimizer": "adamm"})
         ... except ValidationError as e:
         ...     print(first_problem(e))
-        optimizer='adamm': input should be 'sgd' or 'adam'
+        optimizer='adamm': must be 'sgd' or 'adam'
     """
     errors = exc.errors(include_url=False)
     first = errors[0]
@@ -279,7 +280,8 @@ def first_problem(exc: ValidationError, model: type[BaseModel] | None = None) ->
             value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
         return ConfigError(f"{key}.{named['key']}".lstrip("."), value, named["message"])
     same = [e for e in errors if _key(e["loc"]) == key]
-    message = " or ".join(dict.fromkeys(_message(e) for e in same))
+    alternatives = list(dict.fromkeys(_message(e) for e in same))  # one per member of a union
+    message = " or ".join([alternatives[0], *(a.removeprefix("must be ") for a in alternatives[1:])])
     if first["type"] == "extra_forbidden" and model is not None:
         section = key.rsplit(".", 1)[0] if "." in key else ""
         known = known_keys(model, section, tag=first["loc"][1] if section == "data" else None)

@@ -1,8 +1,8 @@
-"""Trial configuration: nested defaults, dotted keys, merging and key checking.
+"""Settings as trees: nested mappings and dotted keys, merging, and the error that names a key.
 
 A trial's configuration is a nested mapping (``{"train": {"lr": ...}}``); search spaces and
-``--set`` name values by dotted keys (``train.lr``). Every key a YAML file may set is a key of
-the method's defaults, so a typo is caught before any trial starts.
+``--set`` name values by dotted keys (``train.lr``). The typed models that say which keys and
+values are allowed live in ``settings/sections.py``.
 """
 
 from __future__ import annotations
@@ -63,17 +63,3 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
             continue  # an empty section overrides nothing
         node[parts[-1]] = copy.deepcopy(v)
     return out
-
-
-def check_keys(defaults: Mapping[str, Any], values: Mapping[str, Any], where: str = "") -> None:
-    """Raise :class:`ConfigError` for the first dotted key of ``values`` that ``defaults`` lacks."""
-    known = flatten(defaults)
-    prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
-    for key, v in flatten(values).items():
-        if key in known:
-            continue
-        if key in prefixes:
-            raise ConfigError(where + key, v, "is a section, not a value")
-        close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(where + key, v, f"unknown setting{hint}")

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from trainables.settings.tree import ConfigError, check_keys, flatten, merge, unflatten
+from trainables.settings.tree import ConfigError, flatten, merge, unflatten
 
 TREE = {
     "model": {"backbone": "small_cnn", "width": 32, "weights": None},
@@ -70,37 +70,6 @@ def test_merge_copies_values():
     out = merge(base, {})
     out["cam"]["scales"].append(2.0)
     assert base["cam"]["scales"] == [1.0]
-
-
-def test_check_keys_accepts_known_nested_and_dotted():
-    check_keys(TREE, {"train": {"lr": 0.1}, "model.width": 8, "train.opt.momentum": 0.5})
-
-
-def test_check_keys_unknown_key_suggests_close_one():
-    with pytest.raises(ConfigError) as info:
-        check_keys(TREE, {"model": {"lr": 0.1}})
-    err = info.value
-    assert err.key == "model.lr"
-    assert err.value == 0.1
-    assert "unknown setting" in err.message
-    assert "did you mean 'train.lr'" in str(err)
-
-
-def test_check_keys_unknown_key_without_close_one():
-    with pytest.raises(ConfigError) as info:
-        check_keys(TREE, {"train": {"lrr": 0.1}}, where="fixed.")
-    assert info.value.key == "fixed.train.lrr"
-    assert "did you mean" not in str(info.value)
-
-
-def test_check_keys_section_given_a_value():
-    with pytest.raises(ConfigError) as info:
-        check_keys(TREE, {"train": 3})
-    assert info.value.key == "train"
-    assert "section" in info.value.message
-    with pytest.raises(ConfigError) as info:
-        check_keys(TREE, {"train.opt": 0.9})
-    assert info.value.key == "train.opt"
 
 
 def test_config_error_message():
