@@ -4,7 +4,6 @@ while the other trials complete; an unreachable tracking server stops the study 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import sqlite3
@@ -144,17 +143,17 @@ def test_out_of_memory_becomes_an_error_that_says_what_to_change(monkeypatch):
     from study import runner
     from trainables.methods.registry import METHODS
 
-    def oom(config):
+    def oom(self, config, reporter=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setitem(METHODS, "aal", dataclasses.replace(METHODS["aal"], train=oom))
+    monkeypatch.setattr(type(METHODS["aal"]), "train", oom)
     with pytest.raises(MemoryError, match=r"out of GPU memory \(CUDA out of memory. Tried to allocate 2.00 GiB\); "
                                           r"lower train.batch_size or train.crop"):
         runner.trial_entry({}, fixed={}, method="aal")
 
-    def host_oom(config):
+    def host_oom(self, config, reporter=None):
         raise MemoryError("Unable to allocate 12.0 GiB")
 
-    monkeypatch.setitem(METHODS, "aal", dataclasses.replace(METHODS["aal"], train=host_oom))
+    monkeypatch.setattr(type(METHODS["aal"]), "train", host_oom)
     with pytest.raises(MemoryError, match=r"out of host memory \(Unable to allocate 12.0 GiB\)"):
         runner.trial_entry({}, fixed={}, method="aal")

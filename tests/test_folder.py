@@ -70,12 +70,12 @@ def test_export_command_writes_the_layout(tmp_path):
 
 @pytest.mark.parametrize("spec, key, phrase", [
     ({"name": "folder"}, "data.root", "is required"),
-    ({"name": "folder", "root": "x", "val_fraction": 1.0}, "data.val_fraction", "in (0, 1)"),
-    ({"name": "folder", "root": "x", "val_fraction": True}, "data.val_fraction", "must be a number"),
-    ({"name": "folder", "root": "x", "max_val": -1}, "data.max_val", "integer >= 0"),
+    ({"name": "folder", "root": "x", "val_fraction": 1.0}, "data.val_fraction", "must be less than 1"),
+    ({"name": "folder", "root": "x", "val_fraction": True}, "data.val_fraction", "must be a valid number"),
+    ({"name": "folder", "root": "x", "max_val": -1}, "data.max_val", "greater than or equal to 0"),
     ({"name": "folder", "root": "x", "train_split": "train"}, "data.train_split", "unknown setting"),
-    ({"name": "voc", "root": "x", "max_train": 2.5}, "data.max_train", "integer >= 0"),
-    ({"name": "voc", "root": 3}, "data.root", "must be a string"),
+    ({"name": "voc", "root": "x", "max_train": 2.5}, "data.max_train", "must be a valid integer"),
+    ({"name": "voc", "root": 3}, "data.root", "must be a valid string"),
 ])
 def test_data_section_errors_name_the_key(spec, key, phrase):
     from trainables.settings.tree import ConfigError

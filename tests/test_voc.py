@@ -196,7 +196,7 @@ def test_cam_method_writes_its_val_masks_as_palette_pngs(voc, tmp_path, monkeypa
     hist = METHODS["cam"].train({
         "data": {"name": "voc", "root": str(voc["root"]), "train_split": "train"},
         "model": {"backbone": "small_cnn", "width": 8}, "pretrain": {"enabled": False},
-        "train": {"epochs": 1, "batch_size": 3, "crop": 32}, "eval": {"save_predictions": True, "cam_quality": True}})
+        "train": {"epochs": 1, "batch_size": 3, "crop": 32}, "eval": {"save_predictions": True}})
     written = {p.stem: p for p in (tmp_path / "predictions").glob("*.png")}
     assert sorted(written) == sorted(voc["val"])
     real = Image.open(written[REAL_ID])

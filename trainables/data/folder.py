@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from trainables.data.dataset import SegmentationDataset
+from trainables.data.dataset import SegmentationDataset, Split
 from pydantic import Field
 
 from trainables.data.imagefiles import (IMAGE_SUFFIXES, DataError, FileData, Item, build_split, check_data_section,
@@ -63,6 +63,23 @@ def load_folder(spec: dict) -> SegmentationDataset:
     folders, unreadable or truncated images, unknown class names, images without a label, mask
     values outside the classes, image/mask size mismatches, empty splits."""
     cfg = check_data_section(spec, FolderData)
+    root = _check_layout(cfg)
+    problems: list[str] = []
+    class_names = read_classes(root / "classes.txt", problems)
+    images = index_folder(root / "images")
+    masks = index_folder(root / "masks")
+    rows, col = _read_header(root, cfg, problems)
+    records = _read_records(rows, col, class_names, images, problems)
+    train_ids, val_ids = _split_ids(cfg, records, images, masks, by_column="split" in col)
+    _check_splits(train_ids, val_ids, masks, problems)
+    train, val = _build_splits(root, class_names, records, images, masks, train_ids, val_ids, problems)
+    if problems:
+        raise DataError("data.root", cfg["root"], problems, f"the dataset folder {root}")
+    return SegmentationDataset(root.name or "folder", class_names, train, val, {"root": str(root.resolve())})
+
+
+def _check_layout(cfg: dict) -> Path:
+    """The dataset folder; raises :class:`DataError` if it or classes.txt, labels.csv or images/ is missing."""
     root = Path(cfg["root"]).expanduser()
     if not root.is_dir():
         raise DataError("data.root", cfg["root"], [f"{root}: folder not found"], "the dataset folder")
@@ -73,41 +90,43 @@ def load_folder(spec: dict) -> SegmentationDataset:
             problems.append(f"{name}: {kind} missing (the folder format needs classes.txt, labels.csv and images/)")
     if problems:
         raise DataError("data.root", cfg["root"], problems, f"the dataset folder {root}")
-    class_names = read_classes(root / "classes.txt", problems)
-    index = {c: i for i, c in enumerate(class_names[1:])}
-    images = index_folder(root / "images")
-    masks = index_folder(root / "masks")
+    return root
 
+
+def _read_header(root: Path, cfg: dict, problems: list[str]) -> tuple[list[list[str]], dict[str, int]]:
+    """labels.csv's rows and {column name: index}; raises :class:`DataError` (with ``problems``) on a bad header."""
     with open(root / "labels.csv", newline="") as f:
         rows = list(csv.reader(f))
     header = [c.strip().lower() for c in rows[0]] if rows else []
     if "image" not in header or "labels" not in header:
         problems.append(f"labels.csv: the first line must be a header with columns image,labels[,split] (got {rows[0] if rows else 'an empty file'})")
         raise DataError("data.root", cfg["root"], problems, f"the dataset folder {root}")
-    col = {c: header.index(c) for c in ("image", "labels", "split") if c in header}
+    return rows, {c: header.index(c) for c in ("image", "labels", "split") if c in header}
+
+
+def _cell(row: list[str], col: dict[str, int], c: str) -> str:
+    """Column ``c`` of ``row``, stripped; "" when the column or the cell is absent."""
+    return row[col[c]].strip() if c in col and col[c] < len(row) else ""
+
+
+def _read_records(rows: list[list[str]], col: dict[str, int], class_names: list[str], images: dict[str, Path],
+                  problems: list[str]) -> dict[str, tuple[np.ndarray, str | None]]:
+    """{image id: (multi-hot label, split or None)} from labels.csv's rows; adds a problem for each bad row."""
+    index = {c: i for i, c in enumerate(class_names[1:])}
     records: dict[str, tuple[np.ndarray, str | None]] = {}
     for n, row in enumerate(rows[1:], 2):
         if not row or not "".join(row).strip():
             continue
-        cell = lambda c: row[col[c]].strip() if c in col and col[c] < len(row) else ""  # noqa: E731
-        image = cell("image")
+        image = _cell(row, col, "image")
         if Path(image).suffix.lower() in IMAGE_SUFFIXES:
             image = Path(image).stem
         if not image:
             problems.append(f"labels.csv line {n}: no image name")
             continue
-        vec = np.zeros(len(class_names) - 1, dtype=np.float32)
-        for name in parse_class_list(cell("labels")):
-            if name.lower() == "background":
-                continue
-            if name not in index:
-                problems.append(f"labels.csv line {n}: unknown class {name!r} for image {image} "
-                                f"(classes.txt has {', '.join(class_names[1:6])}{', ...' if len(class_names) > 6 else ''})")
-            else:
-                vec[index[name]] = 1
-        split = cell("split").lower() if "split" in col else None
+        vec = _label_vector(_cell(row, col, "labels"), n, image, class_names, index, problems)
+        split = _cell(row, col, "split").lower() if "split" in col else None
         if split is not None and split not in ("train", "val"):
-            problems.append(f"labels.csv line {n}: split {cell('split')!r} for image {image}; use train or val")
+            problems.append(f"labels.csv line {n}: split {_cell(row, col, 'split')!r} for image {image}; use train or val")
             continue
         if image in records:
             problems.append(f"labels.csv line {n}: image {image} listed twice")
@@ -120,9 +139,29 @@ def load_folder(spec: dict) -> SegmentationDataset:
     for stem, path in images.items():
         if stem not in records:
             problems.append(f"images/{path.name}: not in labels.csv (every image needs an image-level label)")
+    return records
 
+
+def _label_vector(text: str, n: int, image: str, class_names: list[str], index: dict[str, int],
+                  problems: list[str]) -> np.ndarray:
+    """The multi-hot vector over class_names[1:] of a labels cell; adds a problem for each unknown class."""
+    vec = np.zeros(len(class_names) - 1, dtype=np.float32)
+    for name in parse_class_list(text):
+        if name.lower() == "background":
+            continue
+        if name not in index:
+            problems.append(f"labels.csv line {n}: unknown class {name!r} for image {image} "
+                            f"(classes.txt has {', '.join(class_names[1:6])}{', ...' if len(class_names) > 6 else ''})")
+        else:
+            vec[index[name]] = 1
+    return vec
+
+
+def _split_ids(cfg: dict, records: dict[str, tuple[np.ndarray, str | None]], images: dict[str, Path],
+               masks: dict[str, Path], by_column: bool) -> tuple[list[str], list[str]]:
+    """(train ids, val ids): by the split column, else a seeded draw from the images with masks; capped."""
     ids = [i for i in records if i in images]
-    if "split" in col:
+    if by_column:
         train_ids = [i for i in ids if records[i][1] == "train"]
         val_ids = [i for i in ids if records[i][1] == "val"]
     else:
@@ -136,6 +175,11 @@ def load_folder(spec: dict) -> SegmentationDataset:
         train_ids = train_ids[: cfg["max_train"]]
     if cfg["max_val"]:
         val_ids = val_ids[: cfg["max_val"]]
+    return train_ids, val_ids
+
+
+def _check_splits(train_ids: list[str], val_ids: list[str], masks: dict[str, Path], problems: list[str]) -> None:
+    """Nothing; adds a problem for each empty split and each val image without a mask."""
     for split, chosen_ids in (("train", train_ids), ("val", val_ids)):
         if not chosen_ids:
             why = "" if split == "train" or masks else " (val needs images with masks: no masks/ folder)"
@@ -143,15 +187,19 @@ def load_folder(spec: dict) -> SegmentationDataset:
     for i in val_ids:
         if i not in masks:
             problems.append(f"masks/{i}.png: mask file missing for val image {i} (val is evaluated against masks)")
-    labels = {i: records[i][0] for i in ids}
+
+
+def _build_splits(root: Path, class_names: list[str], records: dict[str, tuple[np.ndarray, str | None]],
+                  images: dict[str, Path], masks: dict[str, Path], train_ids: list[str], val_ids: list[str],
+                  problems: list[str]) -> tuple[Split | None, Split | None]:
+    """The scanned (train, val) splits (train masks only when every train image has one); adds their problems."""
+    labels = {i: vec for i, (vec, _) in records.items() if i in images}
     train_masks = all(i in masks for i in train_ids)
     train_items = [Item(i, images[i], masks[i] if train_masks else None) for i in train_ids]
     val_items = [Item(i, images[i], masks.get(i)) for i in val_ids]  # a missing one is reported above
     train = build_split("train", train_items, class_names, root, labels, problems)
     val = build_split("val", val_items, class_names, root, labels, problems)
-    if problems:
-        raise DataError("data.root", cfg["root"], problems, f"the dataset folder {root}")
-    return SegmentationDataset(root.name or "folder", class_names, train, val, {"root": str(root.resolve())})
+    return train, val
 
 
 def describe_folder(ds: SegmentationDataset) -> str:

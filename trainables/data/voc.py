@@ -29,7 +29,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from trainables.data.dataset import SegmentationDataset
+from trainables.data.dataset import SegmentationDataset, Split
 from trainables.data.imagefiles import DataError, FileData, Item, build_split, check_data_section, parse_class_list
 
 CLASS_NAMES = [
@@ -143,6 +143,20 @@ def load_voc(spec: dict) -> SegmentationDataset:
     folders, lists or files, unreadable or truncated images, bad mask values, size mismatches,
     empty splits, images without a label)."""
     cfg = check_data_section(spec, VocData)
+    root = _check_layout(cfg)
+    problems: list[str] = []
+    aug = _relative(root, cfg["aug_masks"])
+    labels_from = _read_labels(root, cfg, problems)
+    train_ids, val_ids = _split_ids(root, aug, cfg, problems)
+    train, val = _build_splits(root, aug, cfg, labels_from, train_ids, val_ids, problems)
+    if problems:
+        raise DataError("data.root", cfg["root"], problems, f"the VOC folder {root}")
+    meta = {"root": str(root), "train_split": cfg["train_split"], "val_split": cfg["val_split"]}
+    return SegmentationDataset("PASCAL VOC 2012", list(CLASS_NAMES), train, val, meta)
+
+
+def _check_layout(cfg: dict) -> Path:
+    """The VOC2012 folder; raises :class:`DataError` if it, JPEGImages/ or ImageSets/Segmentation/ is missing."""
     root = resolve_root(cfg["root"])
     problems: list[str] = []
     if not root.is_dir():
@@ -152,67 +166,90 @@ def load_voc(spec: dict) -> SegmentationDataset:
             problems.append(f"{folder}/: folder missing (a VOC2012 folder holds JPEGImages/, SegmentationClass/, ImageSets/)")
     if problems:
         raise DataError("data.root", cfg["root"], problems, "the VOC folder")
-    aug = _relative(root, cfg["aug_masks"])
-    seg = root / "SegmentationClass"
+    return root
 
-    labels_from = None
-    if cfg["label_file"]:
-        lf = _relative(root, cfg["label_file"])
-        if not lf.is_file():
-            raise DataError("data.label_file", cfg["label_file"], [f"{lf}: file not found"], "the label file")
-        labels_from, lp = read_label_file(lf, CLASS_NAMES)
-        problems += lp
 
-    def list_ids(split: str, explicit: str, limit: int) -> list[str]:
-        if explicit:
-            path = _relative(root, explicit)
-            if not path.is_file():
-                problems.append(f"{_show(path, root)}: list file missing (data.train_list)")
-                return []
-        else:
-            path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            if split == "train_aug" and not path.is_file():
-                path = next((root / p for p in TRAIN_AUG_LISTS if (root / p).is_file()), path)
-        if path.is_file():
-            ids, lp = read_id_list(path)
-            problems.extend(lp)
-        elif split == "train_aug" and aug.is_dir():
-            val_path = root / "ImageSets" / "Segmentation" / f"{cfg['val_split']}.txt"
-            val_ids = set(read_id_list(val_path)[0]) if val_path.is_file() else set()
-            ids = sorted(p.stem for p in aug.glob("*.png") if p.stem not in val_ids)
-            path = aug
-        else:
-            hint = (f"; train_aug needs SBD's {cfg['aug_masks']}/ folder or a list file (data.train_list)"
-                    if split == "train_aug" else "")
-            problems.append(f"{_show(path, root)}: list file missing for split {split!r}{hint}")
-            return []
-        if not ids:
-            problems.append(f"{_show(path, root)}: split {split!r} is empty")
-        return ids[:limit] if limit else ids
+def _read_labels(root: Path, cfg: dict, problems: list[str]) -> dict[str, np.ndarray] | None:
+    """The image labels of ``data.label_file`` (None without one, labels then come from the masks); adds its problems."""
+    if not cfg["label_file"]:
+        return None
+    lf = _relative(root, cfg["label_file"])
+    if not lf.is_file():
+        raise DataError("data.label_file", cfg["label_file"], [f"{lf}: file not found"], "the label file")
+    labels_from, lp = read_label_file(lf, CLASS_NAMES)
+    problems += lp
+    return labels_from
 
-    train_ids = list_ids(cfg["train_split"], cfg["train_list"], cfg["max_train"])
-    val_ids = list_ids(cfg["val_split"], "", cfg["max_val"])
+
+def _split_ids(root: Path, aug: Path, cfg: dict, problems: list[str]) -> tuple[list[str], list[str]]:
+    """(train ids, val ids) of the configured splits, capped; adds a problem for ids in both."""
+    train_ids = _list_ids(root, aug, cfg, cfg["train_split"], cfg["train_list"], cfg["max_train"], problems)
+    val_ids = _list_ids(root, aug, cfg, cfg["val_split"], "", cfg["max_val"], problems)
     both = sorted(set(train_ids) & set(val_ids))
     if both:
         problems.append(f"{len(both)} images are in both the train and the val split, e.g. {both[0]}")
+    return train_ids, val_ids
 
-    def items(ids: list[str], val: bool) -> list[Item]:
-        out = []
-        for i in ids:
-            mask = next((p for p in (seg / f"{i}.png", aug / f"{i}.png") if p.is_file()), None)
-            if mask is None and (val or labels_from is None):
-                mask = (aug if (not val and cfg["train_split"] == "train_aug") else seg) / f"{i}.png"
-            out.append(Item(i, root / "JPEGImages" / f"{i}.jpg", mask))
-        if not val and any(it.mask is None for it in out):  # masks are all or none per split
-            out = [Item(it.id, it.image, None) for it in out]
-        return out
 
-    train = build_split("train", items(train_ids, False), CLASS_NAMES, root, labels_from, problems)
-    val = build_split("val", items(val_ids, True), CLASS_NAMES, root, None, problems)
-    if problems:
-        raise DataError("data.root", cfg["root"], problems, f"the VOC folder {root}")
-    meta = {"root": str(root), "train_split": cfg["train_split"], "val_split": cfg["val_split"]}
-    return SegmentationDataset("PASCAL VOC 2012", list(CLASS_NAMES), train, val, meta)
+def _list_ids(root: Path, aug: Path, cfg: dict, split: str, explicit: str, limit: int,
+              problems: list[str]) -> list[str]:
+    """The ids of ``split`` (the first ``limit`` if set; [] without a list); adds a problem for a missing or empty list."""
+    path = _relative(root, explicit) if explicit else _standard_list(root, split)
+    if explicit and not path.is_file():
+        problems.append(f"{_show(path, root)}: list file missing (data.train_list)")
+        return []
+    if path.is_file():
+        ids, lp = read_id_list(path)
+        problems.extend(lp)
+    elif split == "train_aug" and aug.is_dir():
+        ids, path = _derived_train_aug(root, aug, cfg["val_split"]), aug
+    else:
+        hint = (f"; train_aug needs SBD's {cfg['aug_masks']}/ folder or a list file (data.train_list)"
+                if split == "train_aug" else "")
+        problems.append(f"{_show(path, root)}: list file missing for split {split!r}{hint}")
+        return []
+    if not ids:
+        problems.append(f"{_show(path, root)}: split {split!r} is empty")
+    return ids[:limit] if limit else ids
+
+
+def _standard_list(root: Path, split: str) -> Path:
+    """ImageSets/Segmentation/<split>.txt, or for train_aug the first of TRAIN_AUG_LISTS there, if that is missing."""
+    path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if split == "train_aug" and not path.is_file():
+        path = next((root / p for p in TRAIN_AUG_LISTS if (root / p).is_file()), path)
+    return path
+
+
+def _derived_train_aug(root: Path, aug: Path, val_split: str) -> list[str]:
+    """The sorted ids of every mask in ``aug`` that is not in the val split's list."""
+    val_path = root / "ImageSets" / "Segmentation" / f"{val_split}.txt"
+    val_ids = set(read_id_list(val_path)[0]) if val_path.is_file() else set()
+    return sorted(p.stem for p in aug.glob("*.png") if p.stem not in val_ids)
+
+
+def _items(root: Path, aug: Path, ids: list[str], val: bool, cfg: dict, masks_optional: bool) -> list[Item]:
+    """The split's items: each image with its mask (SegmentationClass first, then ``aug``); train masks all or none."""
+    seg = root / "SegmentationClass"
+    out = []
+    for i in ids:
+        mask = next((p for p in (seg / f"{i}.png", aug / f"{i}.png") if p.is_file()), None)
+        if mask is None and (val or not masks_optional):
+            mask = (aug if (not val and cfg["train_split"] == "train_aug") else seg) / f"{i}.png"
+        out.append(Item(i, root / "JPEGImages" / f"{i}.jpg", mask))
+    if not val and any(it.mask is None for it in out):  # masks are all or none per split
+        out = [Item(it.id, it.image, None) for it in out]
+    return out
+
+
+def _build_splits(root: Path, aug: Path, cfg: dict, labels_from: dict[str, np.ndarray] | None,
+                  train_ids: list[str], val_ids: list[str], problems: list[str]) -> tuple[Split | None, Split | None]:
+    """The scanned (train, val) splits; adds their problems."""
+    optional = labels_from is not None  # with a label file, train masks are only used for evaluation
+    train = build_split("train", _items(root, aug, train_ids, False, cfg, optional), CLASS_NAMES, root, labels_from,
+                        problems)
+    val = build_split("val", _items(root, aug, val_ids, True, cfg, optional), CLASS_NAMES, root, None, problems)
+    return train, val
 
 
 def _show(path: Path, root: Path) -> str:

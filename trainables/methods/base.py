@@ -77,7 +77,16 @@ class Method:
         return self.settings.defaults()
 
     def train(self, config: dict, reporter=None) -> list[dict]:
-        """One trial: train and evaluate ``config``; returns the per-epoch metrics."""
+        """One trial: validate ``config`` (nested or dotted keys over the defaults), train and
+        evaluate it; returns the per-epoch metrics (inside Ray Tune, reported to Tune too).
+
+        Example:
+            >>> from trainables.methods.registry import METHODS
+            >>> hist = METHODS["cam"].train({"data": {"num_train": 16, "num_val": 4, "image_size": 32},
+            ...                              "model.width": 8, "pretrain.epochs": 1, "train.epochs": 1})
+            >>> len(hist), sorted(k for k in hist[-1] if k.startswith("train/loss"))
+            (1, ['train/loss/cls', 'train/loss/total'])
+        """
         from trainables.loop.trial import train
 
         return train(self.trainer, self.resolve(config), reporter)

@@ -88,9 +88,21 @@ def reliable_labels(rgb: np.ndarray, cams: np.ndarray, present: np.ndarray,
     unsure = confidence < cfg.crf_confidence
 
     # §2.4-2.5: CAM pruning. RRM computes regions from argmax([bg_high; CAMs]).
+    sure = _surviving_cams(sub, scores_high, arg_low, cfg)
+
+    label[unsure | ~sure] = IGNORE_INDEX
+    if return_confidence:
+        return label, _label_confidence(label, prob_low, prob_high, to_class)
+    return label
+
+
+def _surviving_cams(sub: np.ndarray, scores_high: np.ndarray, arg_low: np.ndarray,
+                    cfg: PseudoLabelConfig) -> np.ndarray:
+    """(H, W) bool: pixels whose CAM survives the class's floor + percentile cut, or the background cutoff."""
+    h, w = scores_high.shape[-2:]
     cam_arg = scores_high.argmax(axis=0)
     sure = np.zeros((h, w), dtype=bool)
-    for k in range(1, len(to_class)):
+    for k in range(1, len(sub) + 1):
         if not (arg_low == k).any():
             continue  # RRM prunes only classes the low-alpha CRF kept
         cam_k = np.where(cam_arg == k, sub[k - 1], 0.0)
@@ -101,16 +113,18 @@ def reliable_labels(rgb: np.ndarray, cams: np.ndarray, present: np.ndarray,
         # Strictly above the cut, as RRM; with p = 0 the floor still applies.
         sure |= cam_k > max(cut if cfg.fg_percentile > 0 else -np.inf, cfg.cam_floor)
     sure |= (cam_arg == 0) & (scores_high[0] > cfg.bg_cutoff)
+    return sure
 
-    label[unsure | ~sure] = IGNORE_INDEX
-    if return_confidence:
-        marg = np.concatenate([prob_high[:1], prob_low[1:]], axis=0)
-        stack_of = np.zeros(256, dtype=np.int64)  # class index -> stack index (255 -> 0)
-        stack_of[to_class] = np.arange(len(to_class))
-        conf = np.take_along_axis(marg, stack_of[label][None], axis=0)[0].astype(np.float32)
-        conf[label == IGNORE_INDEX] = 0.0
-        return label, conf
-    return label
+
+def _label_confidence(label: np.ndarray, prob_low: np.ndarray, prob_high: np.ndarray,
+                      to_class: np.ndarray) -> np.ndarray:
+    """(H, W) float32: the CRF marginal of each pixel's label (§2.3 sources), 0 where it is 255."""
+    marg = np.concatenate([prob_high[:1], prob_low[1:]], axis=0)
+    stack_of = np.zeros(256, dtype=np.int64)  # class index -> stack index (255 -> 0)
+    stack_of[to_class] = np.arange(len(to_class))
+    conf = np.take_along_axis(marg, stack_of[label][None], axis=0)[0].astype(np.float32)
+    conf[label == IGNORE_INDEX] = 0.0
+    return conf
 
 
 def _label_image(rgb: np.ndarray, cams: np.ndarray, classes: np.ndarray, cfg: PseudoLabelConfig,
