@@ -111,7 +111,7 @@ def trial_output(name: str, enabled: bool = True):
     import pyarrow.fs
     from ray import tune
 
-    storage = tune.get_context().get_storage()  # ray 2.60: pinned
+    storage = tune.get_context().get_storage()  # a DeveloperAPI of ray 2.60 (pinned; tests/test_voc_study.py)
     with tempfile.TemporaryDirectory() as tmp:
         yield Path(tmp)
         dest = f"{storage.trial_fs_path}/{name}"
