@@ -108,6 +108,21 @@ ERROR_CASES = {
     "mode": (mutate(lambda d: d.update(mode="bogus")), "mode"),
     "seed_negative": (mutate(lambda d: d.update(seed=-1)), "seed"),
     "sampler": (mutate(lambda d: d.update(sampler="cmaes")), "sampler"),
+    # Values outside a closed set or a bound, fixed or searched (typed settings, issue 13).
+    "fixed_closed_set": (mutate(lambda d: d["fixed"]["train"].update(optimizer="adamm")), "fixed.train.optimizer"),
+    "fixed_literal_supervision": (mutate(lambda d: d["fixed"]["train"].update(supervision="ful")),
+                                  "fixed.train.supervision"),
+    "fixed_bound": (mutate(lambda d: d["fixed"].update(pseudo={"cam_floor": 1.5})), "fixed.pseudo.cam_floor"),
+    "range_outside_bounds": (
+        mutate(lambda d: d["search"].update({"pseudo.fg_percentile": {"type": "uniform", "low": 0.2, "high": 1.5}})),
+        "search.pseudo.fg_percentile.high"),
+    "choice_not_allowed": (
+        mutate(lambda d: d["search"].update({"loss.affinity.confidence": {"type": "categorical",
+                                                                          "choices": ["crf", "crff"]}})),
+        "search.loss.affinity.confidence.choices"),
+    "choice_breaks_a_check_across_settings": (
+        mutate(lambda d: d.update(method="sccam", search={"sccam.rounds": {"type": "categorical", "choices": [1, 9]}})),
+        "search.sccam.rounds.choices"),
 }
 
 # Representative cases through the real CLI in a subprocess (each costs ~3 s of imports; with the
@@ -128,6 +143,17 @@ def test_base_document_is_valid(tmp_path):
     assert spec.name == "tiny" and spec.epochs == 4 and spec.samples == 2
     assert [p.name for p in spec.params] == ["train.lr", "pseudo.crf", "pseudo.crf_iterations"]
     assert spec.params[2].when == (("pseudo.crf", (True,)),)
+
+
+def test_every_documented_value_is_accepted(tmp_path):
+    for key, value in [("loss.dense.impl", "exact"), ("loss.dense.impl", "lattice"), ("train.autocast", "bf16"),
+                       ("train.supervision", "full"), ("loss.affinity.confidence", "pred")]:
+        doc = mutate(lambda d: d["fixed"].update({key: value}))
+        spec = load_spec(write_space(tmp_path, key.replace(".", "_") + str(value), doc))
+        node = spec.trainable_config()
+        for part in key.split("."):
+            node = node[part]
+        assert node == value
 
 
 def test_workers_take_auto_or_a_count(tmp_path):

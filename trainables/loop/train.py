@@ -148,8 +148,16 @@ def run(trainer: Trainer, reporter, start_weights: Callable[[nn.Module], None] =
     """Train ``trainer``'s method for ``train.epochs`` over its rounds; report every epoch.
     ``start_weights(model)`` initialises a round's fresh network; ``outputs(final)`` is a
     context manager giving the folder for the last evaluation's predictions (or None).
-    Returns the history (the reporter's, restored ones included) and the final model."""
-    t, device = trainer.cfg["train"], trainer.device
+    Returns the history (the reporter's, restored ones included) and the final model; the
+    trainer is closed however the run ends."""
+    try:
+        return _run(trainer, reporter, start_weights, outputs)
+    finally:
+        trainer.close()
+
+
+def _run(trainer: Trainer, reporter, start_weights, outputs) -> tuple[list[dict], nn.Module]:
+    t = trainer.cfg["train"]
     saved = reporter.restore()
     epoch = int(saved["epoch"]) if saved else 0
     rng = np.random.default_rng(saved["rng_seed"] if saved else int(t["seed"]) + trainer.rng_offset)
@@ -160,24 +168,24 @@ def run(trainer: Trainer, reporter, start_weights: Callable[[nn.Module], None] =
         model = _build(trainer)
         model.load_state_dict(saved["model"])
     bounds = np.cumsum([0, *round_epochs(int(t["epochs"]), trainer.rounds())])
-    try:
-        for r in range(len(bounds) - 1):
-            first, last = int(bounds[r]), int(bounds[r + 1])
-            if epoch >= last:
-                continue
-            model, optimizer = _start_round(trainer, r, epoch > first and saved, saved, model, start_weights)
-            for epoch in range(epoch, last):
-                metrics = _epoch(trainer, model, optimizer, rng, epoch, (r, first, last), history, outputs)
-                ckpt = None
-                if reporter.checkpoints and (epoch + 1 == last or (epoch + 1) % int(t["checkpoint_every"]) == 0):
-                    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                            "rng_seed": int(rng.integers(2**31)), "extra": dict(trainer.state)}
-                    rng = np.random.default_rng(ckpt["rng_seed"])
-                history.append(metrics)
-                reporter.report(metrics, ckpt)
-            epoch = last
-    finally:
-        trainer.close()
+    for r in range(len(bounds) - 1):
+        first, last = int(bounds[r]), int(bounds[r + 1])
+        if epoch >= last:
+            continue
+        resuming = saved is not None and epoch > first
+        model, optimizer = _start_round(trainer, r, resuming, saved, model, start_weights)
+        for epoch in range(epoch, last):
+            metrics = _epoch(trainer, model, optimizer, rng, epoch, (r, first, last), history, outputs)
+            ckpt = None
+            if reporter.checkpoints and (epoch + 1 == last or (epoch + 1) % int(t["checkpoint_every"]) == 0):
+                # The data order after a checkpoint is drawn from a seed saved in it, so a resumed
+                # run continues exactly as an uninterrupted one.
+                ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                        "rng_seed": int(rng.integers(2**31)), "extra": dict(trainer.state)}
+                rng = np.random.default_rng(ckpt["rng_seed"])
+            history.append(metrics)
+            reporter.report(metrics, ckpt)
+        epoch = last
     return history, model
 
 
