@@ -70,8 +70,14 @@ def test_overlap_labels_the_next_batch_from_the_current_weights():
 
 
 def test_workers_must_be_a_count_or_auto():
-    with pytest.raises(ValueError, match=r"pseudo.workers=-1"):
+    from pydantic import ValidationError
+
+    from trainables.settings.sections import first_problem
+
+    with pytest.raises(ValidationError) as e:
         train({**TINY, "pseudo.workers": -1})
+    err = first_problem(e.value)
+    assert err.key == "pseudo.workers" and err.value == -1 and "'auto' or greater than or equal to 0" in err.message
 
 
 def test_frozen_bn_stats_normalises_with_the_batch_but_keeps_running_statistics():

@@ -17,8 +17,8 @@ def normalise_cams(cam_raw: torch.Tensor, labels: torch.Tensor, size: tuple[int,
 
     Example:
         >>> raw = torch.tensor([[[[2.0, -1.0]], [[1.0, 1.0]]]])  # B=1, C=2, 1x2
-        >>> normalise_cams(raw, torch.tensor([[1.0, 0.0]]), (1, 2))[0, :, 0].tolist()
-        [[0.999995..., 0.0], [0.0, 0.0]]
+        >>> normalise_cams(raw, torch.tensor([[1.0, 0.0]]), (1, 2))[0, :, 0].tolist()  # 2 / (2 + 1e-5)
+        [[0.99999499..., 0.0], [0.0, 0.0]]
     """
     cams = F.relu(cam_raw)
     if tuple(cams.shape[-2:]) != tuple(size):
