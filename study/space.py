@@ -38,8 +38,8 @@ from pydantic import Field, ValidationError, model_validator
 from trainables.data.registry import PATH_KEYS, check_data_spec
 from trainables.methods.registry import METHODS
 from trainables.nets.backbones import BackboneError, check_backbone_weights
-from trainables.settings.sections import (Count, NonNegative, Positive, PositiveInt, Section, first_problem,
-                                          leaf_keys)
+from trainables.settings.problems import first_problem, leaf_keys
+from trainables.settings.sections import Count, NonNegative, Positive, PositiveInt, Section
 from trainables.settings.tree import ConfigError, flatten, merge, unflatten
 
 

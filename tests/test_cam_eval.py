@@ -12,7 +12,7 @@ from trainables.evaluation.cam_eval import (as_segmentation_metrics, crf_cam_mas
                                  train_subset)
 from trainables.methods.cam import CamMethodSettings
 from trainables.methods.registry import METHODS
-from trainables.settings.sections import first_problem
+from trainables.settings.problems import first_problem
 from trainables.data.dataset import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, Split
 from trainables.pseudo.labels import CrfSettings
 

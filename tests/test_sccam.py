@@ -12,7 +12,7 @@ from trainables.data.dataset import augment_batch
 from trainables.data.registry import load_dataset
 from trainables.methods.registry import METHODS
 from trainables.methods.sccam import SccamSettings, SccamTrainer, SubcategoryNet, image_features
-from trainables.settings.sections import first_problem
+from trainables.settings.problems import first_problem
 
 TINY = SccamSettings.resolve({"data": {"num_train": 24, "num_val": 4, "image_size": 32},
                               "model": {"backbone": "small_cnn", "width": 16}, "sccam": {"k": 3}})

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from trainables.data.dataset import TrainBatch
 from trainables.methods.seam import SeamNet, SeamSettings, SeamTrainer, adaptive_min_pooling_loss
-from trainables.settings.sections import first_problem
+from trainables.settings.problems import first_problem
 
 MODEL = {"backbone": "small_cnn", "width": 16, "channels_last": False}
 

@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from trainables.methods.registry import METHODS
-from trainables.settings.sections import LossTerm, PseudoLabelConfig, TrainSettings, first_problem, leaf_keys
+from trainables.settings.problems import first_problem, leaf_keys
+from trainables.settings.sections import LossTerm, PseudoLabelConfig, TrainSettings
 
 
 def _problem(method: str, config: dict):

@@ -35,7 +35,7 @@ def test_dense_energy_term_is_absent_by_default():
 def test_unknown_loss_term_names_the_key():
     from pydantic import ValidationError
 
-    from trainables.settings.sections import first_problem
+    from trainables.settings.problems import first_problem
 
     with pytest.raises(ValidationError) as e:
         train({**TINY, "loss.nope": {"enabled": True, "weight": 1.0}})
@@ -72,7 +72,7 @@ def test_overlap_labels_the_next_batch_from_the_current_weights():
 def test_workers_must_be_a_count_or_auto():
     from pydantic import ValidationError
 
-    from trainables.settings.sections import first_problem
+    from trainables.settings.problems import first_problem
 
     with pytest.raises(ValidationError) as e:
         train({**TINY, "pseudo.workers": -1})

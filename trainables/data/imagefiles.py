@@ -29,7 +29,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pydantic import ValidationError, field_validator
 
-from trainables.settings.sections import Count, Section, first_problem
+from trainables.settings.problems import first_problem
+from trainables.settings.sections import Count, Section
 from trainables.settings.tree import ConfigError
 from trainables.data.dataset import IGNORE_INDEX, Split, cache_dir
 
