@@ -332,20 +332,23 @@ def run_study(spec: StudySpec, opts: RunOptions, log=print) -> dict:
         ray.shutdown()
 
 
-def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
+def _prepare_data(spec: StudySpec, opts: RunOptions, log) -> tuple[dict, object]:
+    """Once, before any trial: the output folder, the data cache and the shared classification
+    checkpoint; returns the study's metadata (written to study.json) and the dataset."""
     meta = prepare_output(spec, opts)
     log(f"[wsss-study] preparing data and shared checkpoints ({spec.data.get('name')}) ...")
     t0 = time.perf_counter()
-    # Once, before any trial: data cache and the shared classification checkpoint.
     ds = METHODS[spec.method].prepare(spec.trainable_config(), log=lambda m: log(f"[wsss-study]   {m}"))
     meta["class_names"] = ds.class_names
     meta["dataset"] = ds.name
     (opts.output / STUDY_FILE).write_text(json.dumps(meta, indent=2))
     log(f"[wsss-study] data ready: {len(ds.train)} train / {len(ds.val)} val images, "
         f"{ds.num_classes} classes ({time.perf_counter() - t0:.1f}s)")
+    return meta, ds
 
-    artifacts = None if opts.tracking_uri else (opts.output.resolve() / "mlartifacts").as_uri()
-    tracker = StudyTracker(opts.tracking, spec.name, artifact_location=artifacts)
+
+def _parent_run(spec: StudySpec, opts: RunOptions, meta: dict, ds, tracker: StudyTracker) -> str:
+    """The study's MLflow parent run: the one of study.json on --resume, else a new one."""
     parent = tracker.resume_parent(meta.get("parent_run_id")) if opts.resume else None
     parent = parent or tracker.start_parent(
         run_name=f"{spec.name}-study",
@@ -362,6 +365,14 @@ def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
     )
     meta["parent_run_id"] = parent
     (opts.output / STUDY_FILE).write_text(json.dumps(meta, indent=2))
+    return parent
+
+
+def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
+    meta, ds = _prepare_data(spec, opts, log)
+    artifacts = None if opts.tracking_uri else (opts.output.resolve() / "mlartifacts").as_uri()
+    tracker = StudyTracker(opts.tracking, spec.name, artifact_location=artifacts)
+    parent = _parent_run(spec, opts, meta, ds, tracker)
 
     status = "FAILED"
     try:
@@ -398,11 +409,16 @@ def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
         reconcile_records(spec, opts, tracker, parent, trial_ids, log)
 
     report = build_report(opts.output)
+    _log_report(tracker, parent, report, spec.metric)
+    if status == "FINISHED":
+        tracker.end(parent, status)
+    return {"status": status, "errors": errors, "trials": len(results), "report": report}
+
+
+def _log_report(tracker: StudyTracker, parent: str, report, metric: str) -> None:
+    """The report, its figures and the best score on the parent run."""
     tracker.client.log_artifact(parent, str(report.markdown))
     for png in report.figures:
         tracker.client.log_artifact(parent, str(png), artifact_path="figures")
     if report.best is not None:
-        tracker.log_metrics(parent, {f"best/{spec.metric}": report.best["score"]})
-    if status == "FINISHED":
-        tracker.end(parent, status)
-    return {"status": status, "errors": errors, "trials": len(results), "report": report}
+        tracker.log_metrics(parent, {f"best/{metric}": report.best["score"]})
