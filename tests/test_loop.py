@@ -134,3 +134,22 @@ def test_a_term_the_settings_do_not_declare_is_refused():
     cfg = METHODS["cam"].resolve(TINY)
     with pytest.raises(KeyError, match="typo"):
         run(Bad(cfg, load_dataset(cfg["data"]), torch.device("cpu")), Reporter())
+
+
+def test_a_method_may_choose_its_batches():
+    """The batch sampler hook (methods that train on pairs of images)."""
+    from trainables.methods.cam import CamTrainer
+
+    seen = []
+
+    class Pairs(CamTrainer):
+        def batches(self, rng, batch_size, steps):
+            return [np.array([2 * s, 2 * s + 1]) for s in range(steps)]
+
+        def terms(self, net, batch, progress, epoch):
+            seen.append(batch.index.tolist())
+            return super().terms(net, batch, progress, epoch)
+
+    cfg = METHODS["cam"].resolve(merge(TINY, {"train": {"batch_size": 2}}))
+    run(Pairs(cfg, load_dataset(cfg["data"]), torch.device("cpu")), Reporter())
+    assert seen == [[2 * s, 2 * s + 1] for s in range(8)]
