@@ -201,11 +201,25 @@ def same_data_rows(study_dir: Path, meta: dict, classes: list[str], split_label:
 
 def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, best: dict | None,
                     importance: pd.DataFrame | str, figures: list[Path], study_dir: Path) -> str:
-    """The text of ``report.md``."""
+    """The text of ``report.md``, section by section."""
     dataset = meta.get("dataset", meta.get("data", {}).get("name", "?"))
-    split_label = f"{dataset} val (this study)"
+    lines = _header_lines(meta, trials, dataset)
+    if best is None:
+        return "\n".join(lines + ["No trial has reported a score yet.", ""])
+    lines += _best_lines(best)
+    lines += _per_class_lines(meta, per_class, best, study_dir, dataset)
+    lines += _top_lines(trials, meta["mode"])
+    lines += _failed_lines(trials)
+    lines += _importance_lines(importance)
+    lines += _figure_lines(figures, study_dir)
+    lines += ["Tables: `trials.parquet` (one row per trial), `per_class.parquet` (trial, class, IoU).", ""]
+    return "\n".join(lines)
+
+
+def _header_lines(meta: dict, trials: pd.DataFrame, dataset: str) -> list[str]:
+    """Title, method, dataset and objective, trial counts by status, and how to open MLflow."""
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    lines = [
+    return [
         f"# Study report: {meta['name']}",
         "",
         f"- method: `{meta['method']}`; dataset: **{dataset}**; objective: {meta['mode']} `{meta['metric']}`",
@@ -214,11 +228,11 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
         f"- MLflow: `mlflow ui --backend-store-uri {meta['tracking_uri']}` (experiment `{meta['name']}`)",
         "",
     ]
-    if best is None:
-        lines += ["No trial has reported a score yet.", ""]
-        return "\n".join(lines)
-    params = {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")}
-    lines += [
+
+
+def _best_lines(best: dict) -> list[str]:
+    """The best trial's scores (with and without CRF, its CAM masks) and its parameter values."""
+    lines = [
         "## Best trial",
         "",
         f"Trial `{best['trial_id']}` ({best['status'].lower()}, {best['epochs']} epochs): "
@@ -230,56 +244,80 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
            if math.isfinite(best.get("cam_threshold", math.nan)) else "."),
         "",
     ]
+    params = {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")}
     if params:
         lines += ["| parameter | value |", "|---|---|"] + [f"| `{k}` | {v:.4g} |" if isinstance(v, float)
                                                           else f"| `{k}` | {v} |" for k, v in params.items()] + [""]
+    return lines
+
+
+def _per_class_lines(meta: dict, per_class: pd.DataFrame, best: dict, study_dir: Path, dataset: str) -> list[str]:
+    """Per-class IoU of the best trial beside the baselines' same-data rows and the published rows."""
+    split_label = f"{dataset} val (this study)"
     pc = per_class[per_class["trial_id"] == best["trial_id"]]
     classes = list(pc["class_name"])
-    own = {"method": f"{meta['method']} (best trial)", "dataset": split_label,
-           **{c: _pct(v) for c, v in zip(pc["class_name"], pc["iou"])}, "mIoU": _pct(best["miou"])}
+    own = [{"method": f"{meta['method']} (best trial)", "dataset": split_label,
+            **{c: _pct(v) for c, v in zip(pc["class_name"], pc["iou"])}, "mIoU": _pct(best["miou"])}]
+    own += same_data_rows(study_dir, meta, classes, split_label)
     pub = published_per_class()
-    lines += ["## Per-class IoU (%)", ""]
-    own = [own] + same_data_rows(study_dir, meta, classes, split_label)
-    if is_voc(classes):
-        table = own + [{"method": r["label"], "dataset": PUBLISHED_DATASET,
-                          **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()]
-        lines += [pd.DataFrame(table).to_markdown(index=False), ""]
-        lines += ["Published rows were measured with each author's own backbone, budget and pipeline; "
-                  "same-data rows come from the baselines' studies of the same comparison.", ""]
-    else:
-        lines += [pd.DataFrame(own).to_markdown(index=False), ""]
-        lines += [
-            f"### Published {together(m.label for m in baseline_methods().values())} rows "
-            f"({PUBLISHED_DATASET}): NOT comparable",
-            "",
-            f"These numbers were measured on PASCAL VOC 2012 with 21 different classes; this study ran on "
-            f"**{dataset}**. They are shown for reference only and must not be read against the table above.",
-            "",
-        ]
-        pub_tbl = pub.rename(columns={"label": "method"}).drop(columns=["source"])
-        pub_tbl = pub_tbl.assign(source=pub["source"])
-        lines += [pub_tbl.to_markdown(index=False, floatfmt=".1f"), ""]
+    lines = ["## Per-class IoU (%)", ""]
+    if not is_voc(classes):
+        return lines + [pd.DataFrame(own).to_markdown(index=False), ""] + _published_apart_lines(pub, dataset)
+    table = own + [{"method": r["label"], "dataset": PUBLISHED_DATASET,
+                    **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()]
+    return lines + [pd.DataFrame(table).to_markdown(index=False), "",
+                    "Published rows were measured with each author's own backbone, budget and pipeline; "
+                    "same-data rows come from the baselines' studies of the same comparison.", ""]
 
-    lines += ["## Top trials", ""]
+
+def _published_apart_lines(pub: pd.DataFrame, dataset: str) -> list[str]:
+    """The baselines' published VOC rows, kept apart from a study on other data."""
+    pub_tbl = pub.rename(columns={"label": "method"}).drop(columns=["source"])
+    pub_tbl = pub_tbl.assign(source=pub["source"])
+    return [
+        f"### Published {together(m.label for m in baseline_methods().values())} rows "
+        f"({PUBLISHED_DATASET}): NOT comparable",
+        "",
+        f"These numbers were measured on PASCAL VOC 2012 with 21 different classes; this study ran on "
+        f"**{dataset}**. They are shown for reference only and must not be read against the table above.",
+        "",
+        pub_tbl.to_markdown(index=False, floatfmt=".1f"),
+        "",
+    ]
+
+
+def _top_lines(trials: pd.DataFrame, mode: str) -> list[str]:
+    """The five best-scored trials with their scores and parameters."""
     top = trials[trials["score"].notna()].copy()
-    top = top.sort_values("score", ascending=meta["mode"] == "min").head(5)
+    top = top.sort_values("score", ascending=mode == "min").head(5)
     cols = ["trial_id", "status", "epochs", "miou", "cam_miou", "train_cam_miou"] + [c for c in top.columns if c.startswith("param.")]
     shown = top[cols].copy()
     for c in ("miou", "cam_miou", "train_cam_miou"):
         shown[c] = shown[c].map(_pct)
-    lines += [shown.to_markdown(index=False, floatfmt=".4g"), ""]
+    return ["## Top trials", "", shown.to_markdown(index=False, floatfmt=".4g"), ""]
+
+
+def _failed_lines(trials: pd.DataFrame) -> list[str]:
+    """Failed trials with their error messages (nothing when none failed)."""
     failed = trials[trials["status"] == "FAILED"]
-    if len(failed):
-        lines += ["## Failed trials", ""] + [f"- `{r.trial_id}`: {r.error or 'no message'}" for r in failed.itertuples()] + [""]
-    lines += ["## Parameter importance (Optuna, PED-ANOVA)", ""]
+    if not len(failed):
+        return []
+    return ["## Failed trials", ""] + [f"- `{r.trial_id}`: {r.error or 'no message'}" for r in failed.itertuples()] + [""]
+
+
+def _importance_lines(importance: pd.DataFrame | str) -> list[str]:
+    """Optuna parameter importances, or why they are not available."""
+    lines = ["## Parameter importance (Optuna, PED-ANOVA)", ""]
     if isinstance(importance, str):
-        lines += [f"Not available: {importance}.", ""]
-    else:
-        lines += [importance.to_markdown(index=False), ""]
-    if figures:
-        lines += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(study_dir).as_posix()})" for p in figures] + [""]
-    lines += ["Tables: `trials.parquet` (one row per trial), `per_class.parquet` (trial, class, IoU).", ""]
-    return "\n".join(lines)
+        return lines + [f"Not available: {importance}.", ""]
+    return lines + [importance.to_markdown(index=False), ""]
+
+
+def _figure_lines(figures: list[Path], study_dir: Path) -> list[str]:
+    """Links to the study's figures, relative to the study folder (nothing when there are none)."""
+    if not figures:
+        return []
+    return ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(study_dir).as_posix()})" for p in figures] + [""]
 
 
 def build_report(study_dir: str | Path) -> Report:

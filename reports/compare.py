@@ -161,56 +161,88 @@ def _figure(wide: pd.DataFrame, out: Path, title: str) -> Path | None:
 
 
 def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
-    meta, table, quality, classes = data["meta"], data["table"], data["quality"], data["classes"]
-    dataset = data["dataset"]
-    lines = [f"# Comparison: {meta['name']}", "",
-             f"- dataset: **{dataset}** (val for mIoU; train for choosing the CAM threshold and for CAM quality)",
-             f"- budget per method: {meta['samples']} trials ({meta['concurrency']} at once, ASHA), same data, "
-             f"backbone, start weights, epochs and evaluation; then the best configuration rerun with seeds "
-             f"{meta['seeds']} (no early stopping)",
-             "- CAM methods' masks: argmax([t; CAMs]) with t chosen on train, never on val; the single-stage "
-             "model's row is its segmentation output", ""]
+    """The text of ``comparison.md``, section by section."""
+    meta, table, classes, dataset = data["meta"], data["table"], data["classes"], data["dataset"]
+    lines = _header_lines(meta, dataset)
     if table.empty:
         return "\n".join(lines + ["No method has a scored trial yet.", ""])
-    wide = _wide(table, classes)
+    wide, voc = _wide(table, classes), is_voc(classes)
+    baselines = [b.label for b in baseline_methods().values()]
+    lines += _per_class_lines(wide, classes, len(meta["seeds"]), voc)
+    lines += _delta_lines(wide, baselines)
+    lines += _quality_lines(data["quality"], data["costs"])
+    lines += _ordering_lines(data["quality"])
+    lines += _round_lines(data["rounds"])
+    if not voc:
+        lines += _published_apart_lines(baselines, dataset)
+    if figure is not None:
+        lines += _figure_lines(figure, compare_dir)
+    lines += _studies_lines(meta)
+    return "\n".join(lines)
+
+
+def _header_lines(meta: dict, dataset: str) -> list[str]:
+    """Title and the protocol every method ran under (data, budget, seeds, CAM masks)."""
+    return [f"# Comparison: {meta['name']}", "",
+            f"- dataset: **{dataset}** (val for mIoU; train for choosing the CAM threshold and for CAM quality)",
+            f"- budget per method: {meta['samples']} trials ({meta['concurrency']} at once, ASHA), same data, "
+            f"backbone, start weights, epochs and evaluation; then the best configuration rerun with seeds "
+            f"{meta['seeds']} (no early stopping)",
+            "- CAM methods' masks: argmax([t; CAMs]) with t chosen on train, never on val; the single-stage "
+            "model's row is its segmentation output", ""]
+
+
+def _per_class_lines(wide: pd.DataFrame, classes: list[str], n_seeds: int, voc: bool) -> list[str]:
+    """Per-class IoU table: best trial and mean ± std over seeds per method (plus published rows on VOC)."""
     shown = wide.map(_pct).reset_index()
     for m in shown["method"].unique():  # mean ± std cells for the seed rows
         if (m, "seed mean") in wide.index:
             mean, std = wide.loc[(m, "seed mean")], wide.loc[(m, "seed std")]
             idx = shown.index[(shown["method"] == m) & (shown["row"] == "seed mean")][0]
             shown.loc[idx, wide.columns] = [_pm(a, b) for a, b in zip(mean, std)]
-            shown.loc[idx, "row"] = f"mean ± std ({len(meta['seeds'])} seeds)"
+            shown.loc[idx, "row"] = f"mean ± std ({n_seeds} seeds)"
     shown = shown[shown["row"] != "seed std"]
-    voc = is_voc(classes)
-    lines += ["## Per-class IoU (%)", ""]
     if voc:
         pub = published_per_class()
         extra = pd.DataFrame([{"method": r["label"], "row": f"published ({r['source']})",
                                **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()])
         shown = pd.concat([shown, extra], ignore_index=True)
-    lines += [shown.to_markdown(index=False), ""]
-    baselines = [b.label for b in baseline_methods().values()]
+    return ["## Per-class IoU (%)", "", shown.to_markdown(index=False), ""]
+
+
+def _delta_lines(wide: pd.DataFrame, baselines: list[str]) -> list[str]:
+    """One table per baseline: each method's seed-mean IoU minus the baseline's, per class."""
+    lines = []
     for ref in baselines:
         d = _deltas(wide, ref)
         if not d.empty:
             lines += [f"### Δ against {ref} (seed means, percentage points)", "",
                       d.round(1).reset_index(names="method").to_markdown(index=False, floatfmt="+.1f"), ""]
-    lines += ["## CAM quality", "",
-              "CAM mIoU on train at the threshold chosen there, and the same threshold's CAM masks on val "
-              "(mean ± std over seeds of each method's best configuration); the last column is each method's "
-              "output (the single-stage model's segmentation, the other methods' CAM masks).", ""]
+    return lines
+
+
+def _quality_lines(quality: pd.DataFrame, costs: dict) -> list[str]:
+    """CAM quality table: train CAM mIoU, val CAM-mask mIoU, threshold, output mIoU and cost per method."""
+    lines = ["## CAM quality", "",
+             "CAM mIoU on train at the threshold chosen there, and the same threshold's CAM masks on val "
+             "(mean ± std over seeds of each method's best configuration); the last column is each method's "
+             "output (the single-stage model's segmentation, the other methods' CAM masks).", ""]
     qrows = []
     for _, q in quality.iterrows():
         qrows.append({"method": q["method"], "train CAM mIoU": _pm(q.get("train_cam_miou", np.nan), q.get("train_cam_miou_std", np.nan)),
                       "val CAM-mask mIoU": _pm(q.get("val_cam_miou", np.nan), q.get("val_cam_miou_std", np.nan)),
                       "t (train)": f"{q.get('cam_threshold', np.nan):.2f}", "val mIoU (output)": _pm(q.get("val_miou", np.nan), q.get("val_miou_std", np.nan)),
                       "s per seed run": f"{q.get('trial_s', np.nan):.0f}",
-                      "search wall (s, sum of trials)": f"{data['costs'].get(q['method'], np.nan):.0f}"})
-    lines += [pd.DataFrame(qrows).to_markdown(index=False), ""]
+                      "search wall (s, sum of trials)": f"{costs.get(q['method'], np.nan):.0f}"})
+    return lines + [pd.DataFrame(qrows).to_markdown(index=False), ""]
+
+
+def _ordering_lines(quality: pd.DataFrame) -> list[str]:
+    """The registry's published orderings of CAM quality, each checked against this run's train CAM mIoU."""
     pub_q = pd.read_csv(DATA_DIR / "voc12_cam_quality.csv")
     pub_val = {r["method"]: r["value"] for _, r in pub_q[pub_q["split"] == "train"].iterrows()}
     q_by = {r["method"]: r for _, r in quality.iterrows()}
-    lines += ["### Published orderings of CAM quality, checked here", ""]
+    lines = ["### Published orderings of CAM quality, checked here", ""]
     for ours, base, pub_ours, pub_base in orderings():
         a, b = q_by.get(method_label(ours)), q_by.get(method_label(base))
         if a is None or b is None or not np.isfinite(a.get("train_cam_miou", np.nan)):
@@ -220,7 +252,13 @@ def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
         lines.append(f"- {method_label(ours)} above {method_label(base)}: published {pub_val[pub_ours]:.1f} vs {pub_val[pub_base]:.1f} "
                      f"(VOC train); here {100 * a['train_cam_miou']:.1f} vs {100 * b['train_cam_miou']:.1f} "
                      f"({diff:+.1f}): **{holds}**.")
-    for label, hist in data["rounds"].items():
+    return lines
+
+
+def _round_lines(rounds: dict[str, pd.DataFrame]) -> list[str]:
+    """Per-round tables (mean ± std over seeds) of the methods that trained in several rounds."""
+    lines = []
+    for label, hist in rounds.items():
         if hist.empty or hist["round"].nunique() < 2:
             continue
         stats = hist.groupby(["metric", "round"])["value"].agg(["mean", "std"]).reset_index()
@@ -229,18 +267,27 @@ def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
                   "|---|" + "---|" * hist["round"].nunique()]
         for metric, g in stats.groupby("metric"):
             lines.append(f"| {metric} | " + " | ".join(_pm(a, b) for a, b in zip(g["mean"], g["std"])) + " |")
-    lines.append("")
-    if not voc:
-        pub = published_per_class()
-        lines += [f"## Published {together(baselines)} rows ({PUBLISHED_DATASET}): NOT comparable", "",
-                  f"Measured on PASCAL VOC 2012 val with each author's backbone and budget; this comparison ran on "
-                  f"**{dataset}**. For reference only; do not read them against the tables above.", "",
-                  pub.drop(columns=["dataset"]).rename(columns={"label": "method"}).to_markdown(index=False, floatfmt=".1f"), ""]
-    if figure is not None:
-        lines += ["## Figure", "", f"![per-class comparison]({figure.relative_to(compare_dir).as_posix()})", ""]
-    lines += ["Studies: " + ", ".join(f"`{m['search']}/` and `{m['seeds']}/`" for m in meta["methods"])
-              + " (each with its own report.md and MLflow records).", ""]
-    return "\n".join(lines)
+    return lines + [""]
+
+
+def _published_apart_lines(baselines: list[str], dataset: str) -> list[str]:
+    """The baselines' published VOC rows, kept apart from a comparison on other data."""
+    pub = published_per_class()
+    return [f"## Published {together(baselines)} rows ({PUBLISHED_DATASET}): NOT comparable", "",
+            f"Measured on PASCAL VOC 2012 val with each author's backbone and budget; this comparison ran on "
+            f"**{dataset}**. For reference only; do not read them against the tables above.", "",
+            pub.drop(columns=["dataset"]).rename(columns={"label": "method"}).to_markdown(index=False, floatfmt=".1f"), ""]
+
+
+def _figure_lines(figure: Path, compare_dir: Path) -> list[str]:
+    """The per-class comparison figure, linked relative to the comparison folder."""
+    return ["## Figure", "", f"![per-class comparison]({figure.relative_to(compare_dir).as_posix()})", ""]
+
+
+def _studies_lines(meta: dict) -> list[str]:
+    """Closing line: the search and seed studies each method's rows come from."""
+    return ["Studies: " + ", ".join(f"`{m['search']}/` and `{m['seeds']}/`" for m in meta["methods"])
+            + " (each with its own report.md and MLflow records).", ""]
 
 
 def build_comparison(compare_dir: str | Path) -> Path:
