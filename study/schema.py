@@ -44,15 +44,13 @@ def _walk(node: dict, defs: dict, prefix: str, sections: dict, leaves: dict) -> 
             leaves[key] = sub
 
 
-def _param_schema(leaf: dict, defs: dict) -> dict:
-    """``search.<key>``: a Param whose choices are values of the setting and whose bounds are
-    numbers (their range is checked by the parser against the setting's bounds)."""
-    param = copy.deepcopy(Param.model_json_schema())
-    param.pop("$defs", None)
-    param.pop("title", None)
-    leaf = {**copy.deepcopy(_resolve(leaf, defs)), **({} if "$ref" not in leaf else {})}
-    leaf.pop("default", None)
-    param["properties"]["choices"] = {"type": "array", "minItems": 1, "items": leaf,
+def _param_schema(base: dict, leaf: dict, defs: dict) -> dict:
+    """``search.<key>``: the Param schema ``base`` whose choices are values of the setting (the
+    bounds stay numbers: the parser checks a range against the setting's bounds)."""
+    param = copy.deepcopy(base)
+    values = copy.deepcopy(_resolve(leaf, defs))
+    values.pop("default", None)
+    param["properties"]["choices"] = {"type": "array", "minItems": 1, "items": values,
                                       "description": "categorical: the values to choose from"}
     return param
 
@@ -73,8 +71,9 @@ def method_schema(name: str) -> dict[str, Any]:
     props["data"] = {**data, "description": "The dataset: one of the registered datasets, by name."}
     props["fixed"] = {"type": ["object", "null"], "additionalProperties": False, "properties": fixed_props,
                       "description": f"Settings of {name} shared by every trial: sections or dotted keys."}
-    searchable = {k: _param_schema(v, defs) for k, v in leaves.items() if not k.startswith("data.")
-                  and k != "train.epochs"}
+    base = {k: v for k, v in Param.model_json_schema().items() if k not in ("$defs", "title")}
+    searchable = {k: _param_schema(base, v, defs) for k, v in leaves.items()
+                  if not k.startswith("data.") and k != "train.epochs"}
     props["search"] = {"type": ["object", "null"], "additionalProperties": False, "properties": searchable,
                        "description": "Searched settings by dotted key, in suggestion order."}
     return {"$schema": _DRAFT, "title": f"wsss-study search space ({name}: {METHODS[name].label})",

@@ -115,7 +115,8 @@ class SeamTrainer(CamTrainer):
             "ecr": ecr_loss(add_background(cam_t), rev_o, add_background(cam_o), rev_t,
                             ratio=float(s["ohem_ratio"]), mode=str(s["ecr_target"])),
         }
-        if float(self.cfg["loss"]["rvmin"]["weight"]) != 0.0:
+        rvmin = self.cfg["loss"]["rvmin"]
+        if rvmin["enabled"] and rvmin["weight"] != 0.0:  # computed only when it counts
             terms["rvmin"] = (adaptive_min_pooling_loss(rev_o) + adaptive_min_pooling_loss(rev_t)) / 2
         return terms
 
