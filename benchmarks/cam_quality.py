@@ -1,7 +1,8 @@
 """CAM quality of the baselines on one benchmark: do the published orderings hold here?
 
 Published (VOC train, docs/baselines.md): SEAM's ablation CAM 47.4 < ER 49.9 < ER+PCM 55.1 < +OHEM
-55.4; SC-CAM above CAM (50.9 vs 48.0) and improving over rounds (val 46.8, 48.0, 48.7, 49.6).
+55.4; SC-CAM above CAM (50.9 vs 48.0) and improving over rounds (val 46.8, 48.0, 48.7, 49.6);
+MCIS's ablation (single image, + co-attention, + contrastive co-attention; trained on pairs).
 Here every row starts from the same classification checkpoint (SC-CAM's round 0, row "start"),
 trains the same epochs with the same lr and is evaluated the same way (cam_eval.py: CAM mIoU
 on train at the threshold chosen there, that threshold's masks on val). SC-CAM's rows are the
@@ -34,6 +35,10 @@ ROWS = [
     ("seam_er_pcm", "SEAM ER+PCM", "seam", {"seam.ohem_ratio": 1.0}),
     ("seam", "SEAM ER+PCM+OHEM", "seam", {}),
     ("sccam", "SC-CAM, 3 rounds", "sccam", {"sccam.rounds": 3}),
+    ("mcis_single", "MCIS pairs, single-image loss only (its CAMs)", "mcis",
+     {"loss.co.enabled": False, "loss.contrast.enabled": False, "mcis.eval_cams": "single"}),
+    ("mcis_co", "MCIS + co-attention (its localisation maps)", "mcis", {"loss.contrast.enabled": False}),
+    ("mcis", "MCIS + co-attention + contrastive", "mcis", {}),
 ]
 EXTRA_ROWS = [
     ("sccam_full", "SC-CAM, 3 full-length rounds (3x the epochs)", "sccam", {"sccam.rounds": 3, "epochs_x": 3}),

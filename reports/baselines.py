@@ -68,6 +68,22 @@ def published_per_class(methods: tuple[str, ...] | None = None) -> pd.DataFrame:
     return df[["label", "source", "dataset", *VOC_CLASSES, "miou"]].reset_index(drop=True)
 
 
+def published_summary(methods: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Published VOC 2012 val / test mIoU (percent) of the given methods (default: the labels of
+    the baseline methods), with backbone, whether saliency maps were used, and source.
+
+    Example:
+        >>> r = published_summary(("MCIS",)).iloc[0]
+        >>> float(r["val_miou"]), float(r["test_miou"]), r["saliency"]
+        (66.2, 66.9, 'yes')
+    """
+    if methods is None:
+        methods = tuple(m.label for m in baseline_methods().values())
+    df = pd.read_csv(DATA_DIR / "voc12_summary.csv")
+    df = df[df["method"].isin(methods)]
+    return df[["method", "backbone", "saliency", "val_miou", "test_miou", "source"]].reset_index(drop=True)
+
+
 def is_voc(class_names: list[str]) -> bool:
     """True when a study's classes are the 21 VOC classes (so published rows line up)."""
     return list(class_names) == VOC_CLASSES

@@ -42,7 +42,7 @@ class PlainSettings(Section):
     ({"settings": PlainSettings}, "settings must be a MethodSettings subclass"),
     ({"trainer": object}, "trainer must be a trainables.loop.train.Trainer subclass"),
     ({"settings": BadLossSettings}, "loss.extra must be a LossTerm"),
-    ({"claims": (Claim("mcis", ("A", "B")),)}, "claims an ordering over 'mcis'"),
+    ({"claims": (Claim("ficklenet", ("A", "B")),)}, "claims an ordering over 'ficklenet'"),
 ])
 def test_a_broken_method_is_refused_at_registration_naming_the_rule(changes, rule):
     with pytest.raises(TypeError, match="method 'toy': " + rule.replace("(", r"\(").replace(".", r"\.")):

@@ -8,6 +8,7 @@ import torch
 from trainables.losses.seam import (
     PixelCorrelation,
     add_background,
+    align_corners_for,
     downscale,
     ecr_loss,
     ecr_target,
@@ -161,3 +162,48 @@ def test_downscale_size_and_values():
     torch.testing.assert_close(downscale(torch.full((1, 1, 6, 6), 0.5), 0.5), torch.full((1, 1, 3, 3), 0.5))
     with pytest.raises(ValueError, match="seam.downscale"):
         downscale(x, 0.0)
+
+
+RAMP_2X2 = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])  # value = 2 * row + column
+RAMP_4X4 = torch.arange(16.0).reshape(1, 1, 4, 4)  # value = 4 * row + column
+
+
+def test_downscale_16x20_at_0_3_floors_in_code_mode_and_rounds_in_project_mode():
+    x = torch.zeros(1, 1, 16, 20)
+    assert downscale(x, 0.3).shape[-2:] == (5, 6)  # round(4.8) = 5, round(6.0) = 6
+    assert downscale(x, 0.3, "project").shape[-2:] == (5, 6)
+    assert downscale(x, 0.3, "code").shape[-2:] == (4, 6)  # floor(4.8) = 4, as F.interpolate(scale_factor=0.3)
+    assert downscale(torch.zeros(1, 1, 2, 2), 0.1, "code").shape[-2:] == (1, 1)  # floor 0 -> at least 1
+
+
+def test_downscale_code_mode_aligns_corners():
+    # 4x4 -> 2x2. align_corners=True samples rows/columns 0 and 3: the corners 0, 3, 12, 15.
+    # align_corners=False samples 0.5 and 2.5: 2x2 means, e.g. (0 + 1 + 4 + 5) / 4 = 2.5.
+    torch.testing.assert_close(downscale(RAMP_4X4, 0.5, "code"), torch.tensor([[[[0.0, 3.0], [12.0, 15.0]]]]))
+    torch.testing.assert_close(downscale(RAMP_4X4, 0.5), torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+    # 2x2 -> 4x4 (factor 2). align_corners=True: positions 0, 1/3, 2/3, 1, so row 0 is
+    # 0, 1/3, 2/3, 1 and row 3 is 2, 7/3, 8/3, 3. align_corners=False: positions -1/4 (clamped
+    # to 0), 1/4, 3/4, 5/4 (clamped to 1), so row 0 is 0, 0.25, 0.75, 1.
+    up_code, up_project = downscale(RAMP_2X2, 2.0, "code"), downscale(RAMP_2X2, 2.0)
+    torch.testing.assert_close(up_code[0, 0, 0], torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
+    torch.testing.assert_close(up_code[0, 0, 3], torch.tensor([2.0, 7 / 3, 8 / 3, 3.0]))
+    torch.testing.assert_close(up_project[0, 0, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+
+
+def test_resample_mode_is_checked():
+    assert align_corners_for("code") is True and align_corners_for("project") is False
+    with pytest.raises(ValueError, match=r"seam\.resample.*'floor'"):
+        downscale(RAMP_4X4, 0.5, "floor")
+
+
+@pytest.mark.parametrize("resample, expected", [("code", [[0.0, 3.0], [12.0, 15.0]]),
+                                                ("project", [[2.5, 4.5], [10.5, 12.5]])])
+def test_pcm_resizes_the_image_to_the_cam_grid_per_resample_mode(resample: str, expected):
+    pcm = PixelCorrelation(mid_channels=(5, 6), proj_channels=(4, 4), resample=resample)
+    with torch.no_grad():
+        pcm.fuse.weight.copy_(torch.eye(11)[:, :, None, None])  # features = the fused input itself
+    image = RAMP_4X4.expand(1, 3, 4, 4)
+    mids = [torch.zeros(1, 5, 2, 2), torch.zeros(1, 6, 2, 2)]
+    # the image's 4x4 -> 2x2 resize, as in test_downscale_code_mode_aligns_corners
+    f = pcm.features(image, mids, (2, 2))
+    torch.testing.assert_close(f[0, :3], torch.tensor(expected).expand(3, 2, 2))

@@ -35,12 +35,15 @@ class Split:
     """One split: ``images[i]`` (H, W, 3) uint8, ``masks[i]`` (H, W) uint8 or None,
     ``labels[i]`` (C_fg,) float32 multi-hot of the foreground classes present. ``images`` and
     ``masks`` are lists in memory (synthetic data) or lazy sequences that decode files on access
-    (:class:`~trainables.imagefiles.ImageFiles`, real datasets)."""
+    (:class:`~trainables.imagefiles.ImageFiles`, real datasets). ``saliency[i]`` is image i's
+    (H, W) uint8 saliency map (0-255, 255 = salient), a lazy sequence, when the dataset has
+    ``data.saliency``; None otherwise (synthetic data never has one)."""
 
     ids: list[str]
     images: Sequence[np.ndarray]
     labels: np.ndarray
     masks: Sequence[np.ndarray] | None = None
+    saliency: Sequence[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -5,6 +5,8 @@
       labels.csv      image,labels[,split]   e.g.  img_0001,cat;dog,train
       images/         <image>.jpg / .png / .bmp / .webp / .tif
       masks/          optional: <image>.png of class indices, used only for evaluation
+      <saliency>/     optional, with data.saliency (a folder here, or absolute): <image>.png
+                      greyscale saliency maps (0-255, the image's size) for train and val
 
 ``labels`` lists the image's classes separated by ``;``; every image needs at least one. Mask
 value k is the k-th class of classes.txt (0 = background, 255 = ignore): palette or greyscale
@@ -29,7 +31,7 @@ from trainables.data.dataset import SegmentationDataset, Split
 from pydantic import Field
 
 from trainables.data.imagefiles import (IMAGE_SUFFIXES, DataError, FileData, Item, build_split, check_data_section,
-                                        index_folder, parse_class_list, write_palette_png)
+                                        index_folder, parse_class_list, saliency_folder, write_palette_png)
 from trainables.settings.sections import Count
 
 class FolderData(FileData):
@@ -72,10 +74,12 @@ def load_folder(spec: dict) -> SegmentationDataset:
     records = _read_records(rows, col, class_names, images, problems)
     train_ids, val_ids = _split_ids(cfg, records, images, masks, by_column="split" in col)
     _check_splits(train_ids, val_ids, masks, problems)
-    train, val = _build_splits(root, class_names, records, images, masks, train_ids, val_ids, problems)
+    saliency = saliency_folder(root, cfg["saliency"], problems)  # data.saliency: relative to root, as masks/
+    train, val = _build_splits(root, class_names, records, images, masks, train_ids, val_ids, problems, saliency)
     if problems:
         raise DataError("data.root", cfg["root"], problems, f"the dataset folder {root}")
-    return SegmentationDataset(root.name or "folder", class_names, train, val, {"root": str(root.resolve())})
+    meta = {"root": str(root.resolve()), "saliency": None if saliency is None else str(saliency.resolve())}
+    return SegmentationDataset(root.name or "folder", class_names, train, val, meta)
 
 
 def _check_layout(cfg: dict) -> Path:
@@ -191,28 +195,32 @@ def _check_splits(train_ids: list[str], val_ids: list[str], masks: dict[str, Pat
 
 def _build_splits(root: Path, class_names: list[str], records: dict[str, tuple[np.ndarray, str | None]],
                   images: dict[str, Path], masks: dict[str, Path], train_ids: list[str], val_ids: list[str],
-                  problems: list[str]) -> tuple[Split | None, Split | None]:
-    """The scanned (train, val) splits (train masks only when every train image has one); adds their problems."""
+                  problems: list[str], saliency: Path | None = None) -> tuple[Split | None, Split | None]:
+    """The scanned (train, val) splits (train masks only when every train image has one; saliency maps from the
+    ``saliency`` folder when set); adds their problems."""
     labels = {i: vec for i, (vec, _) in records.items() if i in images}
     train_masks = all(i in masks for i in train_ids)
     train_items = [Item(i, images[i], masks[i] if train_masks else None) for i in train_ids]
     val_items = [Item(i, images[i], masks.get(i)) for i in val_ids]  # a missing one is reported above
-    train = build_split("train", train_items, class_names, root, labels, problems)
-    val = build_split("val", val_items, class_names, root, labels, problems)
+    train = build_split("train", train_items, class_names, root, labels, problems, saliency)
+    val = build_split("val", val_items, class_names, root, labels, problems, saliency)
     return train, val
 
 
 def describe_folder(ds: SegmentationDataset) -> str:
     """The plan's data line."""
     masks = "with masks" if ds.train.masks is not None else "no masks"
+    sal = f", saliency maps in {ds.meta['saliency']}" if ds.meta.get("saliency") else ""
     return (f"folder dataset at {ds.meta['root']}: train {len(ds.train):,} images ({masks}), "
             f"val {len(ds.val):,} images with masks, {ds.num_classes} classes "
-            f"({', '.join(ds.class_names[1:6])}{', ...' if ds.num_classes > 6 else ''}); every file checked")
+            f"({', '.join(ds.class_names[1:6])}{', ...' if ds.num_classes > 6 else ''}){sal}; every file checked")
 
 
 def write_folder(ds: SegmentationDataset, root: str | Path) -> Path:
-    """Write ``ds`` in the folder format (lossless PNG images, palette PNG masks, a split column);
-    :func:`load_folder` reads back the same ids, pixels, masks and labels."""
+    """Write ``ds`` in the folder format (lossless PNG images, palette PNG masks, a split column,
+    greyscale saliency maps in ``saliency/`` when its splits have them); :func:`load_folder`
+    reads back the same ids, pixels, masks and labels (and, with ``data.saliency: saliency``,
+    saliency maps)."""
     from PIL import Image
 
     root = Path(root)
@@ -228,6 +236,10 @@ def write_folder(ds: SegmentationDataset, root: str | Path) -> Path:
                 Image.fromarray(np.asarray(split.images[i])).save(root / "images" / f"{image_id}.png")
                 if split.masks is not None:
                     write_palette_png(root / "masks" / f"{image_id}.png", split.masks[i])
+                if split.saliency is not None:
+                    (root / "saliency").mkdir(exist_ok=True)
+                    Image.fromarray(np.asarray(split.saliency[i], dtype=np.uint8), mode="L").save(
+                        root / "saliency" / f"{image_id}.png")
     return root
 
 

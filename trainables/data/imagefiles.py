@@ -9,6 +9,10 @@ full (a truncated JPEG only fails when its last rows are decoded), and reports e
 finds. The scan's result is cached on disk, keyed by the files' paths, sizes and modification
 times, so a study, its trials and a second ``--dry-run`` read 20,000 files' worth of facts in
 a fraction of a second; any edited, added or removed file changes the key.
+
+With ``data.saliency`` (a folder of greyscale PNGs, ``<id>.png``, one per image: the saliency
+maps that saliency-guided methods such as MCIS take their background cue from), the same scan
+also checks each image's saliency map, and both splits carry them as ``Split.saliency``.
 """
 
 from __future__ import annotations
@@ -114,17 +118,47 @@ def read_mask(path: str | Path) -> np.ndarray:
         return _mask_array(img)
 
 
-class ImageFiles:
-    """A lazy, read-only sequence of images (or masks, ``masks=True``) on disk: indexing decodes
-    one file. ``size(i)`` is its (H, W) from the scan, without decoding."""
+def _saliency_array(img: Image.Image) -> np.ndarray:
+    """Grey levels 0-255 of an opened saliency map: a greyscale PNG's values, or a palette PNG's
+    colours when its palette is grey (each used entry R = G = B). Anything else (RGB, RGBA, a
+    colour palette, 16-bit) is refused: which channel or scale holds the saliency would be a guess."""
+    if img.mode == "L":
+        return np.array(img)
+    if img.mode == "P":
+        idx = np.asarray(img)
+        pal = np.zeros((256, 3), dtype=np.uint8)
+        raw = np.asarray(img.getpalette() or [], dtype=np.uint8).reshape(-1, 3)[:256]
+        pal[: len(raw)] = raw
+        used = np.unique(idx)
+        colour = used[(pal[used, 0] != pal[used, 1]) | (pal[used, 1] != pal[used, 2])]
+        if colour.size:
+            raise ValueError(f"a saliency map must be greyscale; its palette has colours (index {int(colour[0])} "
+                             f"is RGB {tuple(int(v) for v in pal[colour[0]])})")
+        return pal[idx, 0]
+    raise ValueError(f"a saliency map must be single-channel greyscale (mode L, or P with a grey palette), "
+                     f"not mode {img.mode}")
 
-    def __init__(self, paths: list[Path], sizes: np.ndarray, masks: bool = False):
-        self.paths, self.sizes, self.masks = list(paths), np.asarray(sizes), masks
+
+def read_saliency(path: str | Path) -> np.ndarray:
+    """(H, W) uint8 saliency of a saliency-map file, 0 (background) to 255 (salient)."""
+    with Image.open(path) as img:
+        return _saliency_array(img)
+
+
+class ImageFiles:
+    """A lazy, read-only sequence of images (or masks, ``masks=True``, or saliency maps,
+    ``saliency=True``) on disk: indexing decodes one file. ``size(i)`` is its (H, W) from the
+    scan, without decoding."""
+
+    def __init__(self, paths: list[Path], sizes: np.ndarray, masks: bool = False, saliency: bool = False):
+        self.paths, self.sizes, self.masks, self.saliency = list(paths), np.asarray(sizes), masks, saliency
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
+        if self.saliency:
+            return read_saliency(self.paths[i])
         return read_mask(self.paths[i]) if self.masks else read_image(self.paths[i])
 
     def __iter__(self):
@@ -136,11 +170,13 @@ class ImageFiles:
 
 @dataclass
 class Item:
-    """One image of a split: its id, image file and mask file (None when it has none)."""
+    """One image of a split: its id, image file, mask file and saliency map (None when it has
+    none)."""
 
     id: str
     image: Path
     mask: Path | None = None
+    saliency: Path | None = None
 
 
 @dataclass
@@ -163,9 +199,21 @@ def _rel(path: Path, root: Path | None) -> str:
 
 
 def _check_item(item: Item, num_classes: int, root: Path | None) -> tuple[tuple[int, int], np.ndarray, list[str]]:
+    """(image size (H, W), (0, 0) if unreadable; classes present in the mask; problems) of one
+    item: its image, then its mask and its saliency map when it has them."""
+    size, problems = _check_image(item, root)
+    present = np.zeros(num_classes, dtype=bool)
+    if item.mask is not None:
+        problems += _check_mask(item, size, present, root)
+    if item.saliency is not None:
+        problems += _check_saliency(item, size, root)
+    return size, present, problems
+
+
+def _check_image(item: Item, root: Path | None) -> tuple[tuple[int, int], list[str]]:
+    """The image's (H, W), (0, 0) when it is missing or unreadable, and its problems."""
     problems: list[str] = []
     size = (0, 0)
-    present = np.zeros(num_classes, dtype=bool)
     name = _rel(item.image, root)
     if not item.image.is_file():
         problems.append(f"{name}: image file missing")
@@ -178,22 +226,24 @@ def _check_item(item: Item, num_classes: int, root: Path | None) -> tuple[tuple[
             problems.append(f"{name}: not a readable image")
         except (OSError, SyntaxError, ValueError) as e:
             problems.append(f"{name}: unreadable or truncated image ({e})")
-    if item.mask is None:
-        return size, present, problems
+    return size, problems
+
+
+def _check_mask(item: Item, size: tuple[int, int], present: np.ndarray, root: Path | None) -> list[str]:
+    """The mask's problems; marks the classes it holds in ``present``."""
+    problems: list[str] = []
+    num_classes = len(present)
     mname = _rel(item.mask, root)
     if not item.mask.is_file():
-        problems.append(f"{mname}: mask file missing (for image {item.id})")
-        return size, present, problems
+        return [f"{mname}: mask file missing (for image {item.id})"]
     try:
         with Image.open(item.mask) as img:
             img.load()
             mask = _mask_array(img)
     except UnidentifiedImageError:
-        problems.append(f"{mname}: not a readable image")
-        return size, present, problems
+        return [f"{mname}: not a readable image"]
     except (OSError, SyntaxError, ValueError) as e:
-        problems.append(f"{mname}: unreadable mask ({e})")
-        return size, present, problems
+        return [f"{mname}: unreadable mask ({e})"]
     if size != (0, 0) and mask.shape != size:
         problems.append(f"{mname}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]} (WxH)")
     values = np.unique(mask)
@@ -202,14 +252,36 @@ def _check_item(item: Item, num_classes: int, root: Path | None) -> tuple[tuple[
         problems.append(f"{mname}: mask values {bad[:5]} outside the classes 0..{num_classes - 1} (255 = ignore)")
     ok = values[values < num_classes]
     present[ok] = True
-    return size, present, problems
+    return problems
+
+
+def _check_saliency(item: Item, size: tuple[int, int], root: Path | None) -> list[str]:
+    """The saliency map's problems: missing, undecodable, not greyscale, or not the image's size."""
+    sname = _rel(item.saliency, root)
+    if not item.saliency.is_file():
+        return [f"{sname}: saliency map missing (for image {item.id})"]
+    try:
+        with Image.open(item.saliency) as img:
+            img.load()  # a full decode: a truncated PNG fails here
+            sal = _saliency_array(img)
+    except UnidentifiedImageError:
+        return [f"{sname}: not a readable image"]
+    except (OSError, SyntaxError, ValueError) as e:
+        return [f"{sname}: unreadable saliency map ({e})"]
+    if size != (0, 0) and sal.shape != size:
+        return [f"{sname}: saliency map is {sal.shape[1]}x{sal.shape[0]} but its image is {size[1]}x{size[0]} (WxH)"]
+    return []
 
 
 def _scan_key(items: list[Item], num_classes: int) -> str:
     h = hashlib.sha1(f"{SCAN_VERSION}|{num_classes}".encode())
     for it in items:
         h.update(it.id.encode())
-        for p in (it.image, it.mask):
+        # a saliency map adds its own marked entry: keys of items without one are unchanged
+        for p in (it.image, it.mask) + ((b"|saliency", it.saliency) if it.saliency is not None else ()):
+            if isinstance(p, bytes):
+                h.update(p)
+                continue
             if p is None:
                 h.update(b"|-")
                 continue
@@ -226,7 +298,8 @@ def scan(items: list[Item], num_classes: int, root: Path | None = None, what: st
     """Decode and check every image and mask of ``items`` (threads; PIL decodes without the GIL).
 
     Checks: files present and fully decodable, masks single-channel with values in
-    ``0..num_classes-1`` or 255, and the size of each mask equal to its image's. The result is
+    ``0..num_classes-1`` or 255, saliency maps greyscale (mode L, or P with a grey palette), and
+    the size of each mask and saliency map equal to its image's. The result is
     cached under :func:`~trainables.data.cache_dir` (problems included, so a broken dataset
     re-reports instantly until a file changes). Progress goes to ``log`` (default stderr) every
     few seconds when the scan is long.
@@ -292,6 +365,12 @@ class FileData(Section):
     max_train: Count = 0
     """> 0: only the first N training images (quick studies)."""
     max_val: Count = 0
+    saliency: str | None = None
+    """A folder of saliency maps: one greyscale PNG per image, ``<id>.png``, values 0-255
+    (255 = salient), the size of its image; absolute, or relative to the dataset's folder as its
+    other folders are (VOC: the VOC2012 folder, like aug_masks; folder format: root, like
+    masks/). Set: both splits carry them (``Split.saliency``), checked with the images before
+    any trial. Unset (or ""): none."""
 
     @field_validator("root")
     @classmethod
@@ -311,11 +390,36 @@ def check_data_section(spec: dict, model: type[Section]) -> dict:
         raise ConfigError(f"data.{err.key}", err.value, err.message) from None
 
 
+def saliency_folder(root: Path, value: str | None, problems: list[str]) -> Path | None:
+    """The folder ``data.saliency`` names (absolute, or relative to ``root``), or None when it is
+    unset; when it is not a folder, None and a problem naming it.
+
+    Example:
+        >>> problems = []
+        >>> saliency_folder(Path("/data/voc"), None, problems), saliency_folder(Path("/data/voc"), "", problems)
+        (None, None)
+        >>> saliency_folder(Path("/no/such/voc"), "sal", problems), problems
+        (None, ['sal/: saliency folder not found (data.saliency)'])
+    """
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    folder = p if p.is_absolute() else root / p
+    if not folder.is_dir():
+        problems.append(f"{_rel(folder, root)}/: saliency folder not found (data.saliency)")
+        return None
+    return folder
+
+
 def build_split(name: str, items: list[Item], class_names: list[str], root: Path,
-                labels_from: dict[str, np.ndarray] | None, problems: list[str]) -> Split | None:
-    """Scan ``items`` and assemble the split; adds every problem found to ``problems``."""
+                labels_from: dict[str, np.ndarray] | None, problems: list[str],
+                saliency: Path | None = None) -> Split | None:
+    """Scan ``items`` (with ``saliency``, a folder, each item's ``<id>.png`` there too) and
+    assemble the split; adds every problem found to ``problems``."""
     if not items:
         return None
+    if saliency is not None:
+        items = [Item(it.id, it.image, it.mask, saliency / f"{it.id}.png") for it in items]
     result = scan(items, len(class_names), root=root, what=f"{name} images")
     problems.extend(result.problems)
     if labels_from is None:
@@ -338,4 +442,5 @@ def build_split(name: str, items: list[Item], class_names: list[str], root: Path
         images=ImageFiles([it.image for it in items], result.sizes),
         labels=labels,
         masks=ImageFiles([it.mask for it in items], result.sizes, masks=True) if has_masks else None,
+        saliency=None if saliency is None else ImageFiles([it.saliency for it in items], result.sizes, saliency=True),
     )

@@ -8,6 +8,7 @@ Expected layout (``data.root`` may name ``VOC2012`` itself, or ``VOCdevkit`` abo
       ImageSets/Segmentation/{train,val}.txt     1,464 / 1,449 ids
       SegmentationClassAug/<id>.png              SBD + VOC masks as greyscale PNGs (train_aug only)
       ImageSets/SegmentationAug/train_aug.txt    optional: the 10,582 train_aug ids
+      <data.saliency>/<id>.png                   optional: greyscale saliency maps (0-255), train and val
 
 The ``train_aug`` list is read from ``data.train_list`` if set, else from the first of
 :data:`TRAIN_AUG_LISTS` that exists; without any, it is derived as every mask in
@@ -30,7 +31,8 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from trainables.data.dataset import SegmentationDataset, Split
-from trainables.data.imagefiles import DataError, FileData, Item, build_split, check_data_section, parse_class_list
+from trainables.data.imagefiles import (DataError, FileData, Item, build_split, check_data_section, parse_class_list,
+                                        saliency_folder)
 
 CLASS_NAMES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -148,10 +150,12 @@ def load_voc(spec: dict) -> SegmentationDataset:
     aug = _relative(root, cfg["aug_masks"])
     labels_from = _read_labels(root, cfg, problems)
     train_ids, val_ids = _split_ids(root, aug, cfg, problems)
-    train, val = _build_splits(root, aug, cfg, labels_from, train_ids, val_ids, problems)
+    saliency = saliency_folder(root, cfg["saliency"], problems)  # data.saliency: relative to root, as aug_masks
+    train, val = _build_splits(root, aug, cfg, labels_from, train_ids, val_ids, problems, saliency)
     if problems:
         raise DataError("data.root", cfg["root"], problems, f"the VOC folder {root}")
-    meta = {"root": str(root), "train_split": cfg["train_split"], "val_split": cfg["val_split"]}
+    meta = {"root": str(root), "train_split": cfg["train_split"], "val_split": cfg["val_split"],
+            "saliency": None if saliency is None else str(saliency)}
     return SegmentationDataset("PASCAL VOC 2012", list(CLASS_NAMES), train, val, meta)
 
 
@@ -243,12 +247,14 @@ def _items(root: Path, aug: Path, ids: list[str], val: bool, cfg: dict, masks_op
 
 
 def _build_splits(root: Path, aug: Path, cfg: dict, labels_from: dict[str, np.ndarray] | None,
-                  train_ids: list[str], val_ids: list[str], problems: list[str]) -> tuple[Split | None, Split | None]:
-    """The scanned (train, val) splits; adds their problems."""
+                  train_ids: list[str], val_ids: list[str], problems: list[str],
+                  saliency: Path | None = None) -> tuple[Split | None, Split | None]:
+    """The scanned (train, val) splits, with saliency maps when ``saliency`` is a folder; adds their problems."""
     optional = labels_from is not None  # with a label file, train masks are only used for evaluation
     train = build_split("train", _items(root, aug, train_ids, False, cfg, optional), CLASS_NAMES, root, labels_from,
-                        problems)
-    val = build_split("val", _items(root, aug, val_ids, True, cfg, optional), CLASS_NAMES, root, None, problems)
+                        problems, saliency)
+    val = build_split("val", _items(root, aug, val_ids, True, cfg, optional), CLASS_NAMES, root, None, problems,
+                      saliency)
     return train, val
 
 
@@ -267,4 +273,5 @@ def describe_voc(ds: SegmentationDataset) -> str:
         note = "" if std is None or std == len(s) else f" (the standard {split} has {std:,})"
         parts.append(f"{split} {len(s):,} image{'s' if len(s) != 1 else ''}{note}"
                      f"{'' if s.masks is not None else ' (no masks)'}")
-    return f"PASCAL VOC 2012 at {ds.meta['root']}: " + ", ".join(parts) + ", 21 classes; every file checked"
+    sal = f", saliency maps in {ds.meta['saliency']}" if ds.meta.get("saliency") else ""
+    return f"PASCAL VOC 2012 at {ds.meta['root']}: " + ", ".join(parts) + f", 21 classes{sal}; every file checked"

@@ -55,12 +55,21 @@ def crf_cam_mask(rgb: np.ndarray, cams: np.ndarray, labels: np.ndarray, t: float
     return np.concatenate([[0], present + 1])[q.argmax(0)]
 
 
+CamFn = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def evaluate_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], ds: SegmentationDataset, cfg: dict,
-                  device: torch.device, save_dir: Path | None = None) -> dict:
+def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: torch.device,
+                  save_dir: Path | None = None, bind: Callable[[str, list[int]], CamFn] | None = None,
+                  observe: Callable[[str, list[int], torch.Tensor, torch.Tensor], None] | None = None) -> dict:
     """Choose t on train, apply it to val; ``cam_fn`` maps a normalised image batch to raw CAMs
     (B, C_fg, h, w). Multi-scale (``cam.scales``) and ``eval.flip`` as configured. With
-    ``save_dir``, each val mask (after the CRF, if any) is written there as a VOC-palette PNG."""
+    ``save_dir``, each val mask (after the CRF, if any) is written there as a VOC-palette PNG.
+
+    A method whose CAMs depend on more than the image's pixels (MCIS: the partner images it is
+    paired with) passes ``bind(split, indices)``, which returns the ``cam_fn`` of one batch.
+    ``observe(split, indices, cams, labels)`` sees every batch's normalised CAMs at image size
+    (MCIS builds its saliency pseudo masks from them without a second pass)."""
     e = cfg["eval"]
     scales, flip, bs = cfg["cam"]["scales"], bool(e["flip"]), int(e["batch_size"])
     metrics: dict = {}
@@ -70,9 +79,12 @@ def evaluate_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], ds: Segmentati
     if source == "train" and ds.train.masks is not None:
         sweep = CamThresholdSweep(ds.num_classes, threshold_grid(float(e["cam_threshold_step"]),
                                                                  float(e["cam_threshold_max"])))
-        for _, x, labels, gt in eval_batches(ds.train, bs, train_subset(len(ds.train), int(e["cam_train_images"]))):
+        for idx, x, labels, gt in eval_batches(ds.train, bs, train_subset(len(ds.train), int(e["cam_train_images"]))):
             x, labels = x.to(device), labels.to(device)
-            sweep.update(multiscale_cams(cam_fn, x, labels, scales, flip=flip), gt.to(device))
+            cams = multiscale_cams(bind("train", idx) if bind else cam_fn, x, labels, scales, flip=flip)
+            sweep.update(cams, gt.to(device))
+            if observe is not None:
+                observe("train", idx, cams, labels)
         metrics["train/cam_miou"], t, _ = sweep.best()
     else:
         t = float(e["cam_threshold"])
@@ -81,7 +93,9 @@ def evaluate_cams(cam_fn: Callable[[torch.Tensor], torch.Tensor], ds: Segmentati
     conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
     conf_crf = np.zeros_like(conf)
     for idx, x, labels, gt in eval_batches(ds.val, bs):
-        cams = multiscale_cams(cam_fn, x.to(device), labels.to(device), scales, flip=flip)
+        cams = multiscale_cams(bind("val", idx) if bind else cam_fn, x.to(device), labels.to(device), scales, flip=flip)
+        if observe is not None:
+            observe("val", idx, cams, labels)
         masks = cam_masks(cams, [t])[0]
         conf += confusion_matrix(masks, gt, ds.num_classes)
         if crf is not None:

@@ -39,9 +39,11 @@ def pretrain_settings(cfg: dict) -> dict:
 
 
 def pretrain_key(cfg: dict) -> str:
-    """Cache key: everything the pretrained weights depend on."""
+    """Cache key: everything the pretrained weights depend on (not the saliency maps, which the
+    classifier never reads: one checkpoint serves MCIS with and without them, and every method)."""
     t = cfg["train"]
-    relevant = {"v": PRETRAIN_VERSION, "data": cfg["data"], "model": cfg["model"], "pretrain": cfg["pretrain"],
+    data = {k: v for k, v in cfg["data"].items() if k != "saliency"}
+    relevant = {"v": PRETRAIN_VERSION, "data": data, "model": cfg["model"], "pretrain": cfg["pretrain"],
                 "train": {k: t[k] for k in ("seed", "crop", "scale_min", "scale_max", "flip", "poly_power", "autocast")}}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

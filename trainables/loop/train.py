@@ -24,17 +24,17 @@ from trainables.data.dataset import SegmentationDataset, TrainBatch, augment_bat
 
 
 class Float32Net:
-    """Calls ``model`` under bfloat16 autocast when ``autocast == "bf16"`` and returns its
-    outputs as float32 (so every loss and metric runs in float32); otherwise calls it as it is."""
+    """Calls ``model`` (with any keyword arguments its ``forward`` takes) under bfloat16 autocast
+    when ``autocast == "bf16"`` and returns its outputs as float32 (so every loss and metric runs in float32); otherwise calls it as it is."""
 
     def __init__(self, model: nn.Module, autocast: str, device: torch.device):
         self.model, self.enabled, self.device_type = model, autocast == "bf16", device.type
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
         if not self.enabled:
-            return self.model(x)
+            return self.model(x, **kwargs)
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.model(x)
+            out = self.model(x, **kwargs)
         return {k: v.float() for k, v in out.items()}
 
 

@@ -10,15 +10,35 @@ Two branches see the original image (o) and a rescaled copy (t = A(image), ``dow
 - Equivariant cross regularisation (§3.4, "Loss Design of SEAM"): each branch's revised CAM is
   pulled towards a detached target from the other branch's plain CAM, with online hard example
   mining (``ecr_loss``, ``ohem_mean``). (Equation numbers unchecked, so sections are cited.)
+
+Bilinear resizes follow one of two conventions (``RESAMPLE_MODES``, the setting ``seam.resample``):
+"project" (align_corners=False, sizes rounded) or "code", the public code's (train_SEAM.py and
+network/resnet38_SEAM.py resize with align_corners=True; a resize by a factor is floored).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 ECR_TARGET_MODES = ("onehot", "max")
+RESAMPLE_MODES = ("code", "project")
+
+
+def align_corners_for(resample: str) -> bool:
+    """The ``align_corners`` flag of a bilinear resize under ``seam.resample``: True for "code"
+    (every resize in train_SEAM.py and network/resnet38_SEAM.py), False for "project".
+
+    Example:
+        >>> align_corners_for("code"), align_corners_for("project")
+        (True, False)
+    """
+    if resample not in RESAMPLE_MODES:
+        raise ValueError(f"seam.resample: unknown mode {resample!r}; expected one of {RESAMPLE_MODES}")
+    return resample == "code"
 
 
 def max_norm(p: Tensor, eps: float = 1e-5) -> Tensor:
@@ -63,7 +83,9 @@ class PixelCorrelation(nn.Module):
     """PCM (§3.3): revised CAM_j = sum_i CAM_i A_ij, A_ij = ReLU(cos(f_i, f_j)) / sum_i(...).
 
     f = 1x1 conv (no bias) of [image, ReLU(proj_1(mid_1)), ReLU(proj_2(mid_2))] at CAM size; the
-    mid-level features are detached, so the PCM trains only its own convolutions.
+    mid-level features are detached, so the PCM trains only its own convolutions. Inputs are
+    brought to the CAM size bilinearly with ``align_corners_for(resample)`` (resnet38_SEAM.py
+    resizes the image with align_corners=True; its mid-level features already have the CAM size).
     """
 
     def __init__(
@@ -71,8 +93,10 @@ class PixelCorrelation(nn.Module):
         mid_channels: tuple[int, int],
         proj_channels: tuple[int, int] = (64, 128),
         out_channels: int | None = None,
+        resample: str = "project",
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners_for(resample)
         in_fused = 3 + sum(proj_channels)
         self.proj = nn.ModuleList(
             nn.Conv2d(c_in, c_out, 1, bias=False) for c_in, c_out in zip(mid_channels, proj_channels)
@@ -86,9 +110,9 @@ class PixelCorrelation(nn.Module):
         """(B, out_channels, h, w) unnormalised PCM features; every input is resized to ``size``."""
         if len(mids) != len(self.proj):
             raise ValueError(f"seam.pcm: expected {len(self.proj)} mid-level features, got {len(mids)}")
-        parts = [F.interpolate(image, size=size, mode="bilinear", align_corners=False)]
+        parts = [F.interpolate(image, size=size, mode="bilinear", align_corners=self.align_corners)]
         for conv, mid in zip(self.proj, mids):
-            mid = F.interpolate(mid.detach(), size=size, mode="bilinear", align_corners=False)
+            mid = F.interpolate(mid.detach(), size=size, mode="bilinear", align_corners=self.align_corners)
             parts.append(F.relu(conv(mid)))
         return self.fuse(torch.cat(parts, dim=1))
 
@@ -106,15 +130,25 @@ class PixelCorrelation(nn.Module):
         return (cam.reshape(b, c, h * w) @ aff).reshape(b, c, h, w)
 
 
-def downscale(x: Tensor, factor: float) -> Tensor:
-    """The transform A of SEAM: bilinear resize (align_corners=False) to
-    (max(1, round(H * factor)), max(1, round(W * factor))), an explicit size so that both
-    branches agree exactly. ``round`` is Python's (halves go to the even integer)."""
+def downscale(x: Tensor, factor: float, resample: str = "project") -> Tensor:
+    """The transform A of SEAM: a bilinear resize by ``factor`` to an explicit size (at least 1),
+    so that both branches land on one grid.
+
+    "project": size round(H * factor) (Python's round: halves go to the even integer),
+    align_corners=False. "code": train_SEAM.py's ``F.interpolate(x, scale_factor=0.3,
+    align_corners=True)``, whose size PyTorch floors: floor(H * factor), align_corners=True.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 16, 20)
+        >>> tuple(downscale(x, 0.3).shape[-2:]), tuple(downscale(x, 0.3, "code").shape[-2:])
+        ((5, 6), (4, 6))
+    """
     if factor <= 0:
         raise ValueError(f"seam.downscale: factor must be > 0, got {factor!r}")
-    h, w = x.shape[-2:]
-    size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    align = align_corners_for(resample)
+    to_int = math.floor if align else round  # floor: how F.interpolate sizes from scale_factor
+    size = tuple(max(1, int(to_int(float(n) * factor))) for n in x.shape[-2:])
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align)
 
 
 def er_loss(cam_o_down: Tensor, cam_t: Tensor) -> Tensor:

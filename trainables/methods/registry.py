@@ -15,7 +15,7 @@ A variant of a method (an ablation) is a setting, never a copy of its code.
 
 from __future__ import annotations
 
-from trainables.methods import cam, sccam, seam, single_stage
+from trainables.methods import cam, mcis, sccam, seam, single_stage
 from trainables.methods.base import Claim, Method, check_method
 
 METHODS: dict[str, Method] = {}
@@ -42,3 +42,5 @@ register(Method("seam", "SEAM",
 register(Method("sccam", "SC-CAM", "SC-CAM: sub-category classification over per-class k-means clusters, in rounds",
                 sccam.SccamSettings, sccam.SccamTrainer, baseline=True,
                 claims=(Claim("cam", ("SC-CAM CAM", "AffinityNet CAM")),)))
+register(Method("mcis", "MCIS", "MCIS: image pairs sharing a class, co-attention and contrastive co-attention",
+                mcis.McisSettings, mcis.McisTrainer, baseline=True))

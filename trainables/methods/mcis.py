@@ -1,0 +1,383 @@
+"""MCIS (Sun, Wang, Dai, Van Gool, "Mining Cross-Image Semantics for Weakly Supervised Semantic
+Segmentation", ECCV 2020; public code GuoleiSun/MCIS_wsss; docs/baselines.md): a classifier
+trained on pairs of images that share a class, with two cross-image attentions.
+
+- **Pairs** (:func:`pair_partners`, code ``utils/LoadData.py``): each training image is paired
+  with an image holding one of its classes (one of its classes uniformly, then a holder
+  uniformly). A step of ``train.batch_size`` pairs sees twice as many images.
+- **Co-attention** (paper §3.2, code ``models/vgg.py``): S = (W F_m)^T F_n over the backbone's
+  last features, softmax over the partner's positions in each direction; the attended
+  features go through a 1x1 co-attention classifier and GAP, trained on the common labels.
+- **Contrastive co-attention** (§3.3): F (1 - sigmoid(gate(attended))) through the same
+  classifier, trained on each image's own unshared labels, from ``mcis.contrast_from_epoch``.
+- **Losses** (all multilabel soft-margin, weight 1 in the paper): ``loss.cls`` single-image
+  on both images of a pair, ``loss.co``, ``loss.contrast`` (the two images' terms summed, as
+  the code does). ``mcis.intra_pairs`` adds the code's intra-image pairs (the crop with its flip,
+  0.75x and 2x rescales: single and co-attention terms with the image's own labels, summed into
+  ``cls`` and ``co``); the paper does not describe them, so they are off by default.
+- **Localisation maps** (code ``scripts/test.py``): for each present class, the co-attention
+  class map of the image paired with ``mcis.test_partners`` training images holding it,
+  averaged (:meth:`McisTrainer.bind_cams`); ``mcis.test_intra`` adds the intra-pair maps as the
+  code does. They are MCIS's CAMs and go through the fair CAM evaluation like every method's.
+- **Saliency pseudo masks** (code ``gen_gt.py``): with ``data.saliency``, ``eval.saliency_masks``
+  reports the mIoU of MCIS's own pseudo ground truth on train and val (pseudo/saliency.py).
+
+Choices where the paper is silent or the code is particular (documented, switchable):
+- ``mcis.contrast_scope``: "image" averages the contrastive term over the images whose unshared
+  set is non-empty; "batch" is the code's rule (all images of a side once any is non-empty,
+  the empty ones trained towards "no class").
+- The partner of an image is never the image itself when another holder exists (the code
+  draws from all holders, itself included); an image that is its class's only holder is paired
+  with itself (``train/self_pairs`` counts how often).
+- Test-time intra maps are resized bilinearly (the code: bicubic).
+- The co-attention classifier is a new layer, the single-image classifier is the shared
+  checkpoint's, as in the code (two heads).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from trainables.data.dataset import SegmentationDataset, to_tensor_batch
+from trainables.evaluation.cam_eval import as_segmentation_metrics, evaluate_cams
+from trainables.evaluation.metrics import confusion_matrix, mean_iou
+from trainables.losses.classification import classification_loss
+from trainables.methods.cam import CamMethodSettings, CamTrainer
+from trainables.nets.cam import CamNet
+from trainables.pseudo.saliency import saliency_pseudo_gt
+from trainables.settings.sections import (ClassificationLosses, Count, EvalSettings, Fraction, LossTerm,
+                                          PositiveInt, Section)
+
+INTRA_SCALES = (0.75, 2.0)  # code LoadData.py: the image at 0.75x and 2x beside its flip
+
+
+class SaliencyRule(Section):
+    """MCIS's pseudo ground truth from a saliency map (code ``gen_gt.py``)."""
+
+    fg_cutoff: Fraction = 0.3
+    """Class and background scores under this are dropped."""
+    conflict: Fraction = 0.99
+    """Pixels where two scores exceed this are ignored."""
+    salient_bg: Annotated[int, Field(ge=0, le=255)] = 32
+    """A background pixel with saliency at or above this is ignored."""
+    salient_fg: Fraction = 0.95
+    """A localisation score above this counts as salient for that rule."""
+    min_foreground: Fraction = 0.01
+    """Images with less foreground than this fraction are dropped (all ignored)."""
+
+
+class McisSection(Section):
+    """MCIS's own settings."""
+
+    contrast_from_epoch: Count = 2
+    """The contrastive term trains from this 0-based epoch on (2 in the code: the third epoch)."""
+    test_partners: PositiveInt = 3
+    """Training images holding a class that an image is paired with for that class's map."""
+    test_intra: bool = False
+    """Add the code's intra-pair maps (flip, 0.75x, 2x) to the localisation maps."""
+    intra_pairs: bool = False
+    """Train on the code's intra-image pairs too (code only; not in the paper)."""
+    contrast_scope: Literal["image", "batch"] = "image"
+    """image: the contrastive term over images with unshared labels; batch: the code's rule."""
+    eval_cams: Literal["coattention", "single"] = "coattention"
+    """coattention: MCIS's localisation maps; single: the single-image classifier's CAMs."""
+    saliency: SaliencyRule = SaliencyRule()
+
+
+class McisEval(EvalSettings):
+    saliency_masks: bool = False
+    """Report the mIoU of MCIS's saliency pseudo masks on train and val (needs data.saliency)."""
+
+
+class McisLosses(ClassificationLosses):
+    co: LossTerm = LossTerm()
+    """Co-attention MLSM on the common labels of a pair."""
+    contrast: LossTerm = LossTerm()
+    """Contrastive co-attention MLSM on each image's unshared labels."""
+
+
+class McisSettings(CamMethodSettings):
+    mcis: McisSection = McisSection()
+    loss: McisLosses = McisLosses()
+    eval: McisEval = McisEval()
+
+    @model_validator(mode="after")
+    def _saliency_needs_maps(self) -> "McisSettings":
+        if self.eval.saliency_masks and getattr(self.data, "saliency", None) is None:
+            raise ValueError("eval.saliency_masks: needs data.saliency, a folder of saliency PNGs (one per image); "
+                             f"the {self.data.name} data section has none")
+        return self
+
+
+class McisNet(CamNet):
+    """CAM network + co-attention: ``co_weight`` is W (no bias), ``co_classifier`` the 1x1
+    co-attention classifier, ``gate`` the contrastive gate's 1x1 conv (code ``models/vgg.py``).
+
+    ``forward(x, partner=y)`` adds, for the pairs (x_i, y_i), with both images' rows stacked
+    (x first): ``logits`` (single image), ``co_logits`` and ``contrast_logits`` (2B, C).
+    """
+
+    def __init__(self, model_cfg: dict, num_fg: int):
+        super().__init__(model_cfg, num_fg)
+        c = self.backbone.out_channels
+        self.co_weight = nn.Linear(c, c, bias=False)
+        self.co_classifier = nn.Conv2d(c, num_fg, 1, bias=False)
+        self.gate = nn.Conv2d(c, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if partner is None:
+            return super().forward(x)
+        if partner.shape[-2:] == x.shape[-2:]:  # one backbone pass over both
+            out = super().forward(torch.cat([x, partner]))
+            fa, fb = out["features"].split(x.shape[0])
+        else:
+            a, b = super().forward(x), super().forward(partner)
+            out, fa, fb = {"logits": torch.cat([a["logits"], b["logits"]])}, a["features"], b["features"]
+        att_a, att_b = self.co_attend(fa, fb)
+        co_logits, contrast_logits = [], []
+        for f, att in ((fa, att_a), (fb, att_b)):
+            co_logits.append(self.co_classifier(att).mean(dim=(2, 3)))
+            contrast_logits.append(self.co_classifier(f * (1.0 - torch.sigmoid(self.gate(att)))).mean(dim=(2, 3)))
+        out["co_logits"], out["contrast_logits"] = torch.cat(co_logits), torch.cat(contrast_logits)
+        return out
+
+    def co_attend(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paper §3.2: S = (W F_a)^T F_b (B, N_a, N_b). Returns the attended features at a's
+        positions (b's features, softmax over b's positions) and at b's positions (a's
+        features, softmax over a's positions), each shaped like its image's features."""
+        a, b = fa.flatten(2), fb.flatten(2)  # (B, C, N)
+        s = self.co_weight(a.transpose(1, 2)) @ b  # row i: (W f_a,i)^T f_b,j over j
+        att_a = b @ torch.softmax(s, dim=2).transpose(1, 2)
+        att_b = a @ torch.softmax(s, dim=1)
+        return att_a.reshape(fa.shape), att_b.reshape(fb.shape)
+
+    def co_map(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """The co-attention class maps (B, C, h_a, w_a) at a's positions, paired with b."""
+        return self.co_classifier(self.co_attend(fa, fb)[0])
+
+
+def class_holders(labels: np.ndarray) -> list[np.ndarray]:
+    """The images holding each class: ``holders[c]`` are the rows of ``labels`` with class c."""
+    return [np.flatnonzero(labels[:, c] > 0) for c in range(labels.shape[1])]
+
+
+def pair_partners(labels: np.ndarray, anchors: np.ndarray, rng: np.random.Generator,
+                  holders: list[np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+    """One partner per anchor: one of its classes uniformly, then uniformly one other image
+    holding that class (the anchor itself when it is the class's only holder). Returns the
+    partners and how many anchors were paired with themselves.
+
+    Example:
+        >>> labels = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=np.float32)  # image 3: no class
+        >>> pair_partners(labels, np.array([0, 2, 3]), np.random.default_rng(0))
+        (array([1, 1, 3]), 1)
+    """
+    holders = class_holders(labels) if holders is None else holders
+    partners, alone = np.empty(len(anchors), dtype=np.int64), 0
+    for k, i in enumerate(anchors):
+        classes = np.flatnonzero(labels[i] > 0)
+        others = holders[int(rng.choice(classes))] if len(classes) else np.array([], dtype=np.int64)
+        others = others[others != i]
+        partners[k] = int(rng.choice(others)) if len(others) else int(i)
+        alone += int(len(others) == 0)
+    return partners, alone
+
+
+def contrast_loss(logits: torch.Tensor, targets: torch.Tensor, n: int, scope: str) -> torch.Tensor | None:
+    """The contrastive term over a pair batch (rows: n first images, then n partners); each
+    side counts once it has an image with unshared labels (code ``train.py``). ``scope``
+    "image" averages a side over those images, "batch" over all its images. None when no
+    image has unshared labels.
+
+    Example:
+        >>> t = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # the first image keeps class 0 for itself
+        >>> round(contrast_loss(torch.zeros(2, 2), t, 1, "image").item(), 4)  # log 2
+        0.6931
+        >>> contrast_loss(torch.zeros(2, 2), torch.zeros(2, 2), 1, "image") is None
+        True
+    """
+    per = F.multilabel_soft_margin_loss(logits, targets, reduction="none")
+    total = None
+    for side in (slice(0, n), slice(n, 2 * n)):
+        has = targets[side].sum(dim=1) > 0
+        if has.any():
+            part = per[side][has].mean() if scope == "image" else per[side].mean()
+            total = part if total is None else total + part
+    return total
+
+
+def intra_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The code's intra-image partners of a batch: its flip and its 0.75x and 2x rescales."""
+    return [x.flip(-1)] + [F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+                           for s in INTRA_SCALES]
+
+
+def aggregate_maps(maps: list[torch.Tensor]) -> torch.Tensor:
+    """The code's ``aggregate`` (``scripts/test.py``): each (B, C, h, w) map ReLU'd and
+    max-normalised per class, a later map kept only where sigmoid(its mean) > 0.1, the sum over
+    the number of maps."""
+    total = 0.0
+    for k, m in enumerate(maps):
+        norm = F.relu(m) / (F.relu(m).amax(dim=(2, 3), keepdim=True) + 1e-8)
+        keep = 1.0 if k == 0 else (torch.sigmoid(m.mean(dim=(2, 3), keepdim=True)) > 0.1).float()
+        total = total + keep * norm
+    return total / len(maps)
+
+
+class McisTrainer(CamTrainer):
+    """Pairs in every step; evaluated by the co-attention localisation maps."""
+
+    def __init__(self, cfg: dict, ds: SegmentationDataset, device: torch.device):
+        super().__init__(cfg, ds, device)
+        self.holders = class_holders(ds.train.labels)
+        self._pairs = self._alone = 0
+
+    def build(self) -> McisNet:
+        return McisNet(self.cfg["model"], self.ds.num_fg)
+
+    def batches(self, rng: np.random.Generator, batch_size: int, steps: int) -> list[np.ndarray]:
+        """Each step: ``batch_size`` images, then their partners."""
+        out = []
+        for anchors in super().batches(rng, batch_size, steps):
+            partners, alone = pair_partners(self.ds.train.labels, anchors, rng, self.holders)
+            self._pairs, self._alone = self._pairs + len(anchors), self._alone + alone
+            out.append(np.concatenate([anchors, partners]))
+        return out
+
+    def terms(self, net: Callable, batch, progress: float, epoch: int) -> dict[str, torch.Tensor]:
+        x, y = batch.image.to(self.device), batch.labels.to(self.device)
+        n = x.shape[0] // 2
+        ya, yb = y[:n], y[n:]
+        common = ya * yb
+        out = net(x[:n], partner=x[n:])
+        terms = {"cls": classification_loss(out["logits"], y),
+                 "co": classification_loss(out["co_logits"], torch.cat([common, common]))}
+        if self.cfg["mcis"]["intra_pairs"]:
+            own = torch.cat([ya, ya])
+            for view in intra_views(x[:n]):
+                o = net(x[:n], partner=view)
+                terms["cls"] = terms["cls"] + classification_loss(o["logits"], own)
+                terms["co"] = terms["co"] + classification_loss(o["co_logits"], own)
+        if epoch >= int(self.cfg["mcis"]["contrast_from_epoch"]):
+            c = contrast_loss(out["contrast_logits"], torch.cat([ya - common, yb - common]), n,
+                              str(self.cfg["mcis"]["contrast_scope"]))
+            if c is not None:
+                terms["contrast"] = c
+        return terms
+
+    def epoch_metrics(self) -> dict:
+        """``train/self_pairs``: the fraction of this epoch's images paired with themselves."""
+        out = {"train/self_pairs": self._alone / max(1, self._pairs)}
+        self._pairs = self._alone = 0
+        return out
+
+    def evaluate(self, model: nn.Module, net: Callable, save_dir) -> dict:
+        saliency = SaliencyScores(self.ds, self.cfg["mcis"]["saliency"]) if self.cfg["eval"]["saliency_masks"] else None
+        bind = self.bind_cams(model, net) if self.cfg["mcis"]["eval_cams"] == "coattention" else None
+        metrics = as_segmentation_metrics(evaluate_cams(self.cam_fn(net), self.ds, self.cfg, self.device, save_dir,
+                                                        bind=bind, observe=saliency))
+        return {**metrics, **(saliency.metrics() if saliency else {})}
+
+    def bind_cams(self, model: McisNet, net: Callable) -> Callable:
+        """``bind(split, indices)`` for :func:`evaluate_cams`: the localisation maps of a batch."""
+        partners = PartnerDraw(self.ds, int(self.cfg["mcis"]["test_partners"]), int(self.cfg["train"]["seed"]))
+        features = FeatureCache(self.ds, lambda x: net(x.to(self.device))["features"])
+
+        def bind(split: str, idx: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+            labels = getattr(self.ds, split).labels
+            plan = [(j, c, partners.draw(split, i, c)) for j, i in enumerate(idx) for c in np.flatnonzero(labels[i])]
+
+            def cam_fn(z: torch.Tensor) -> torch.Tensor:
+                fz = net(z)["features"]
+                cross = fz.new_zeros((fz.shape[0], self.ds.num_fg, *fz.shape[-2:]))
+                for j, c, group in plan:
+                    feats = [features.get(s, p) for s, p in group]
+                    if all(f.shape == feats[0].shape for f in feats):  # the partners in one pass
+                        feats = [torch.cat(feats)]
+                    maps = [model.co_map(fz[j : j + 1].expand(len(f), -1, -1, -1), f)[:, c] for f in feats]
+                    cross[j, c] = torch.cat(maps).mean(dim=0)
+                if not self.cfg["mcis"]["test_intra"]:
+                    return cross
+                return aggregate_maps([*intra_maps(model, net, z, fz), cross])
+
+            return cam_fn
+
+        return bind
+
+
+def intra_maps(model: McisNet, net: Callable, z: torch.Tensor, fz: torch.Tensor) -> list[torch.Tensor]:
+    """The code's test-time intra-pair maps at z's feature size: z paired with its flip (both
+    sides, the flipped one mirrored back) and with its 0.75x and 2x rescales (their side)."""
+    flip, small, large = (net(v)["features"] for v in intra_views(z))
+    size = fz.shape[-2:]
+    return [model.co_map(fz, flip), model.co_map(flip, fz).flip(-1),
+            *(F.interpolate(model.co_map(f, fz), size=size, mode="bilinear", align_corners=False)
+              for f in (small, large))]
+
+
+class PartnerDraw:
+    """Deterministic test-time partners: for image i of a split and its class c, ``count``
+    training images holding c (drawn with replacement, as the code does; never image i itself
+    on train unless it is the only holder). Returns (split, index) pairs."""
+
+    def __init__(self, ds: SegmentationDataset, count: int, seed: int):
+        self.ds, self.count, self.seed = ds, count, seed
+        self.holders = class_holders(ds.train.labels)
+
+    def draw(self, split: str, i: int, c: int) -> list[tuple[str, int]]:
+        rng = np.random.default_rng([self.seed, 0 if split == "train" else 1, int(i), int(c)])
+        others = self.holders[c][self.holders[c] != i] if split == "train" else self.holders[c]
+        if len(others) == 0:
+            return [(split, int(i))]
+        return [("train", int(p)) for p in rng.choice(others, size=self.count, replace=True)]
+
+
+class FeatureCache:
+    """Backbone features of whole images (eval mode, no gradient), kept for one evaluation up to
+    ``budget`` bytes (the synthetic benchmark's training set fits; VOC's is recomputed)."""
+
+    def __init__(self, ds: SegmentationDataset, features: Callable[[torch.Tensor], torch.Tensor],
+                 budget: int = 1 << 30):
+        self.ds, self.features, self.budget, self.used = ds, features, budget, 0
+        self.cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    def get(self, split: str, i: int) -> torch.Tensor:
+        key = (split, int(i))
+        if key in self.cache:
+            return self.cache[key]
+        f = self.features(to_tensor_batch([getattr(self.ds, split).images[i]]))
+        if self.used + f.numel() * f.element_size() <= self.budget:
+            self.cache[key] = f
+            self.used += f.numel() * f.element_size()
+        return f
+
+
+class SaliencyScores:
+    """``observe`` for :func:`evaluate_cams`: MCIS's saliency pseudo masks of every evaluated
+    image, scored against its mask over the pixels they label. Metrics
+    ``<split>/saliency_miou`` and ``<split>/saliency_coverage`` (the labelled fraction)."""
+
+    def __init__(self, ds: SegmentationDataset, rule: dict):
+        self.ds, self.rule = ds, dict(rule)
+        self.conf = {s: np.zeros((ds.num_classes, ds.num_classes), np.int64) for s in ("train", "val")}
+        self.pixels = {s: [0, 0] for s in ("train", "val")}
+
+    def __call__(self, split: str, idx: list[int], cams: torch.Tensor, labels: torch.Tensor) -> None:
+        s = getattr(self.ds, split)
+        cams_np, labels_np = cams.float().cpu().numpy(), labels.cpu().numpy()
+        for j, i in enumerate(idx):
+            pred = saliency_pseudo_gt(cams_np[j], labels_np[j], np.asarray(s.saliency[i]), **self.rule)
+            gt = np.where(pred == 255, 255, np.asarray(s.masks[i]))
+            self.conf[split] += confusion_matrix(pred, gt, self.ds.num_classes)
+            self.pixels[split][0] += int((pred != 255).sum())
+            self.pixels[split][1] += pred.size
+
+    def metrics(self) -> dict:
+        return {f"{s}/saliency_{k}": v for s in ("train", "val") if self.pixels[s][1]
+                for k, v in (("miou", mean_iou(self.conf[s])), ("coverage", self.pixels[s][0] / self.pixels[s][1]))}
