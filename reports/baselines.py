@@ -84,6 +84,13 @@ def published_summary(methods: tuple[str, ...] | None = None) -> pd.DataFrame:
     return df[["method", "backbone", "saliency", "val_miou", "test_miou", "source"]].reset_index(drop=True)
 
 
+def published_summary_lines() -> list[str]:
+    """Markdown lines: the baselines' published val / test mIoU, saying which used saliency maps
+    (MCIS's pseudo masks do; its paper has no per-class table in the shipped data)."""
+    return ["Published VOC 2012 val / test mIoU of the baselines (saliency: whether the method's pseudo "
+            "masks used saliency maps):", "", published_summary().to_markdown(index=False, floatfmt=".1f"), ""]
+
+
 def is_voc(class_names: list[str]) -> bool:
     """True when a study's classes are the 21 VOC classes (so published rows line up)."""
     return list(class_names) == VOC_CLASSES

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from reports.baselines import PUBLISHED_DATASET, baseline_methods, is_voc, published_per_class, together
+from reports.baselines import (PUBLISHED_DATASET, baseline_methods, is_voc, published_per_class,
+                               published_summary_lines, together)
 from reports.selection import best_trial
 
 STATUS_OF_RUN = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "RUNNING": "RUNNING", "KILLED": "KILLED",
@@ -267,7 +268,8 @@ def _per_class_lines(meta: dict, per_class: pd.DataFrame, best: dict, study_dir:
                     **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()]
     return lines + [pd.DataFrame(table).to_markdown(index=False), "",
                     "Published rows were measured with each author's own backbone, budget and pipeline; "
-                    "same-data rows come from the baselines' studies of the same comparison.", ""]
+                    "same-data rows come from the baselines' studies of the same comparison.", "",
+                    *published_summary_lines()]
 
 
 def _published_apart_lines(pub: pd.DataFrame, dataset: str) -> list[str]:
@@ -283,6 +285,7 @@ def _published_apart_lines(pub: pd.DataFrame, dataset: str) -> list[str]:
         "",
         pub_tbl.to_markdown(index=False, floatfmt=".1f"),
         "",
+        *published_summary_lines(),
     ]
 
 

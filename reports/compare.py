@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from reports.baselines import (DATA_DIR, PUBLISHED_DATASET, baseline_methods, is_voc, method_label,
-                               published_per_class, published_summary, together)
+                               published_per_class, published_summary_lines, together)
 from reports.selection import best_trial
 
 
@@ -208,14 +208,8 @@ def _per_class_lines(wide: pd.DataFrame, classes: list[str], n_seeds: int, voc: 
                                **{c: f"{r[c]:.1f}" for c in classes}, "mIoU": f"{r['miou']:.1f}"} for _, r in pub.iterrows()])
         shown = pd.concat([shown, extra], ignore_index=True)
     lines = ["## Per-class IoU (%)", "", shown.to_markdown(index=False), ""]
-    return lines + (_published_summary_lines() if voc else [])
+    return lines + (published_summary_lines() if voc else [])
 
-
-def _published_summary_lines() -> list[str]:
-    """The baselines' published val / test mIoU, saying which used saliency maps (MCIS does)."""
-    return ["Published VOC 2012 val / test mIoU of the baselines (saliency: whether the method's pseudo "
-            "masks used saliency maps):", "",
-            published_summary().to_markdown(index=False, floatfmt=".1f"), ""]
 
 
 def _delta_lines(wide: pd.DataFrame, baselines: list[str]) -> list[str]:
@@ -285,7 +279,7 @@ def _published_apart_lines(baselines: list[str], dataset: str) -> list[str]:
             f"Measured on PASCAL VOC 2012 val with each author's backbone and budget; this comparison ran on "
             f"**{dataset}**. For reference only; do not read them against the tables above.", "",
             pub.drop(columns=["dataset"]).rename(columns={"label": "method"}).to_markdown(index=False, floatfmt=".1f"), "",
-            *_published_summary_lines()]
+            *published_summary_lines()]
 
 
 def _figure_lines(figure: Path, compare_dir: Path) -> list[str]:

@@ -225,3 +225,20 @@ def test_saliency_masks_on_a_folder_dataset_with_saliency_maps(tmp_path):
         assert 0.0 < last[f"{split}/saliency_coverage"] <= 1.0 and 0.0 < last[f"{split}/saliency_miou"] <= 1.0
     with pytest.raises(Exception, match="eval.saliency_masks"):
         METHODS["mcis"].resolve({**cfg, "data": {"name": "folder", "root": str(root)}})
+
+
+def test_intra_pairs_add_the_codes_single_and_co_terms_with_the_images_own_labels():
+    ds = load_dataset(TINY["data"])
+    on = McisTrainer({**TINY, "mcis": {**TINY["mcis"], "intra_pairs": True}}, ds, CPU)
+    torch.manual_seed(0)
+    net = McisNet(TINY["model"], ds.num_fg).eval()
+    batch = augment_batch(ds.train, np.array([0, 1, 2, 3]), 32, (1.0, 1.0), False, np.random.default_rng(0))
+    with torch.no_grad():
+        terms = on.terms(net, batch, 0.0, 0)
+        plain = McisTrainer(TINY, ds, CPU).terms(net, batch, 0.0, 0)
+        x, own = batch.image[:2], torch.cat([batch.labels[:2]] * 2)
+        views = [x.flip(-1), F.interpolate(x, scale_factor=0.75, mode="bilinear"), F.interpolate(x, scale_factor=2.0, mode="bilinear")]
+        outs = [net(x, partner=v) for v in views]
+    assert [o["co_logits"].shape for o in outs] == [(4, ds.num_fg)] * 3
+    torch.testing.assert_close(terms["cls"], plain["cls"] + sum(F.multilabel_soft_margin_loss(o["logits"], own) for o in outs))
+    torch.testing.assert_close(terms["co"], plain["co"] + sum(F.multilabel_soft_margin_loss(o["co_logits"], own) for o in outs))

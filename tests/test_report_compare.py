@@ -94,3 +94,17 @@ def test_voc_report_puts_published_rows_in_the_table():
     for _, r in pub.iterrows():  # every baseline's published rows, in the table
         assert f"| {r['label']} " in table and f"published ({r['source']})" in table and f"| {r['miou']:.1f} " in table
     assert "NOT comparable" not in md
+    _assert_published_summary(md.split("## Per-class IoU (%)")[1])
+
+
+def test_every_baseline_has_its_published_val_and_test_miou_with_the_saliency_mark():
+    _assert_published_summary(render(_data(["background", "a"], "synthetic"), None, Path(".")).split("NOT comparable")[1])
+
+
+def _assert_published_summary(md: str) -> None:
+    summary = md.split("Published VOC 2012 val / test mIoU")[1].split("\n\n", 2)[1]
+    lines = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| ")}
+    for name, m in baseline_methods().items():  # every baseline has a published summary row
+        assert m.label in lines, m.label
+    assert [c.strip() for c in lines["MCIS"].split("|")[3:7]] == ["yes", "66.2", "66.9", "MCIS README and ECCV 2020 paper"]
+    assert "| no " in lines["SEAM"]
