@@ -42,6 +42,8 @@ ROWS = [
 ]
 EXTRA_ROWS = [
     ("sccam_full", "SC-CAM, 3 full-length rounds (3x the epochs)", "sccam", {"sccam.rounds": 3, "epochs_x": 3}),
+    ("mcis_code", "MCIS as its code trains and tests (+ intra-image pairs and maps)", "mcis",
+     {"mcis.intra_pairs": True, "mcis.test_intra": True}),
 ]
 
 

@@ -176,6 +176,7 @@ def test_saliency_masks_are_refused_without_saliency_maps():
 
 def test_saliency_scores_count_only_the_pixels_the_pseudo_masks_label():
     class Split:
+        labels = np.array([[1.0]], np.float32)
         saliency = [np.array([[255, 255, 0, 0]], np.uint8)]
         masks = [np.array([[1, 1, 0, 1]], np.uint8)]
 

@@ -50,7 +50,7 @@ from trainables.evaluation.metrics import confusion_matrix, mean_iou
 from trainables.losses.classification import classification_loss
 from trainables.methods.cam import CamMethodSettings, CamTrainer
 from trainables.nets.cam import CamNet
-from trainables.pseudo.saliency import saliency_pseudo_gt
+from trainables.pseudo.saliency import split_pseudo_gt
 from trainables.settings.sections import (ClassificationLosses, Count, EvalSettings, Fraction, LossTerm,
                                           PositiveInt, Section)
 
@@ -370,10 +370,9 @@ class SaliencyScores:
 
     def __call__(self, split: str, idx: list[int], cams: torch.Tensor, labels: torch.Tensor) -> None:
         s = getattr(self.ds, split)
-        cams_np, labels_np = cams.float().cpu().numpy(), labels.cpu().numpy()
-        for j, i in enumerate(idx):
-            pred = saliency_pseudo_gt(cams_np[j], labels_np[j], np.asarray(s.saliency[i]), **self.rule)
-            gt = np.where(pred == 255, 255, np.asarray(s.masks[i]))
+        by_index = dict(zip(idx, cams.float().cpu().numpy()))
+        for i, pred in split_pseudo_gt(s, by_index, idx, **self.rule):
+            gt = np.where(pred == 255, 255, np.asarray(s.masks[i]))  # score the labelled pixels only
             self.conf[split] += confusion_matrix(pred, gt, self.ds.num_classes)
             self.pixels[split][0] += int((pred != 255).sum())
             self.pixels[split][1] += pred.size
