@@ -23,7 +23,8 @@ SPACES = ROOT / "search_spaces"
 # nothing): a searched parameter of its own, and for SC-CAM two rounds (a by-round table).
 SEARCH = {"aal": {"pseudo.fg_percentile": {"type": "uniform", "low": 0.3, "high": 0.8}},
           "seam": {"seam.scale": {"type": "uniform", "low": 0.4, "high": 0.7}},
-          "sccam": {"sccam.k": {"type": "int", "low": 2, "high": 4}}}
+          "sccam": {"sccam.k": {"type": "int", "low": 2, "high": 4}},
+          "mcis": {"mcis.test_partners": {"type": "int", "low": 1, "high": 3}}}
 FIXED = {"sccam": {"sccam": {"rounds": 2}}}
 ROUNDS = [m for m, fixed in FIXED.items() if fixed.get(m, {}).get("rounds", 1) > 1]
 FIRST = next(iter(METHODS))  # the first study of the tiny comparison
@@ -116,7 +117,7 @@ def test_shipped_baselines_share_the_single_stage_budget():
 def test_one_command_runs_the_comparison_and_writes_the_report(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "study.run", "--space", str(_write_tiny(tmp_path)), "--output",
-                           str(out), "--address", "local"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                           str(out), "--address", "local"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"comparison report: {(out / 'comparison.md').resolve()}" in proc.stdout
