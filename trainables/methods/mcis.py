@@ -4,7 +4,8 @@ trained on pairs of images that share a class, with two cross-image attentions.
 
 - **Pairs** (:func:`pair_partners`, code ``utils/LoadData.py``): each training image is paired
   with an image holding one of its classes (one of its classes uniformly, then a holder
-  uniformly). A step of ``train.batch_size`` pairs sees twice as many images.
+  uniformly). A step of ``train.batch_size`` pairs sees twice as many images
+  (``train/images_per_s`` counts the first image of each pair, so it is pairs per second).
 - **Co-attention** (paper §3.2, code ``models/vgg.py``): S = (W F_m)^T F_n over the backbone's
   last features, softmax over the partner's positions in each direction; the attended
   features go through a 1x1 co-attention classifier and GAP, trained on the common labels.
