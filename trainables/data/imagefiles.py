@@ -231,21 +231,12 @@ def _check_image(item: Item, root: Path | None) -> tuple[tuple[int, int], list[s
 
 def _check_mask(item: Item, size: tuple[int, int], present: np.ndarray, root: Path | None) -> list[str]:
     """The mask's problems; marks the classes it holds in ``present``."""
-    problems: list[str] = []
     num_classes = len(present)
     mname = _rel(item.mask, root)
-    if not item.mask.is_file():
-        return [f"{mname}: mask file missing (for image {item.id})"]
-    try:
-        with Image.open(item.mask) as img:
-            img.load()
-            mask = _mask_array(img)
-    except UnidentifiedImageError:
-        return [f"{mname}: not a readable image"]
-    except (OSError, SyntaxError, ValueError) as e:
-        return [f"{mname}: unreadable mask ({e})"]
-    if size != (0, 0) and mask.shape != size:
-        problems.append(f"{mname}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]} (WxH)")
+    mask, problems = _read_map(item.mask, mname, "mask file", "mask", _mask_array, item.id)
+    if mask is None:
+        return problems
+    problems += _size_problem(mname, "mask", mask, size)
     values = np.unique(mask)
     bad = [int(v) for v in values if v >= num_classes and v != IGNORE_INDEX]
     if bad:
@@ -258,18 +249,29 @@ def _check_mask(item: Item, size: tuple[int, int], present: np.ndarray, root: Pa
 def _check_saliency(item: Item, size: tuple[int, int], root: Path | None) -> list[str]:
     """The saliency map's problems: missing, undecodable, not greyscale, or not the image's size."""
     sname = _rel(item.saliency, root)
-    if not item.saliency.is_file():
-        return [f"{sname}: saliency map missing (for image {item.id})"]
+    sal, problems = _read_map(item.saliency, sname, "saliency map", "saliency map", _saliency_array, item.id)
+    return problems if sal is None else _size_problem(sname, "saliency map", sal, size)
+
+
+def _read_map(path: Path, name: str, missing: str, what: str, reader, image_id: str) -> tuple[np.ndarray | None, list[str]]:
+    """A per-image map (mask or saliency) decoded in full by ``reader`` (a truncated PNG fails
+    here), or None and its one problem: ``<name>: <missing> missing``, or unreadable."""
+    if not path.is_file():
+        return None, [f"{name}: {missing} missing (for image {image_id})"]
     try:
-        with Image.open(item.saliency) as img:
-            img.load()  # a full decode: a truncated PNG fails here
-            sal = _saliency_array(img)
+        with Image.open(path) as img:
+            img.load()
+            return reader(img), []
     except UnidentifiedImageError:
-        return [f"{sname}: not a readable image"]
+        return None, [f"{name}: not a readable image"]
     except (OSError, SyntaxError, ValueError) as e:
-        return [f"{sname}: unreadable saliency map ({e})"]
-    if size != (0, 0) and sal.shape != size:
-        return [f"{sname}: saliency map is {sal.shape[1]}x{sal.shape[0]} but its image is {size[1]}x{size[0]} (WxH)"]
+        return None, [f"{name}: unreadable {what} ({e})"]
+
+
+def _size_problem(name: str, what: str, arr: np.ndarray, size: tuple[int, int]) -> list[str]:
+    """A problem when a map's (H, W) differs from its image's (unknown image size: none)."""
+    if size != (0, 0) and arr.shape != size:
+        return [f"{name}: {what} is {arr.shape[1]}x{arr.shape[0]} but its image is {size[1]}x{size[0]} (WxH)"]
     return []
 
 

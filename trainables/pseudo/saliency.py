@@ -64,21 +64,8 @@ def saliency_pseudo_gt(cams: np.ndarray, labels: np.ndarray, saliency: np.ndarra
                [  0,   1,   1,   0],
                [  0,   0,   0, 255]], dtype=uint8)
     """
-    cams = np.asarray(cams, dtype=np.float64)
-    present = np.asarray(labels).reshape(-1) > 0
-    sal = np.asarray(saliency, dtype=np.float64)
-    if cams.ndim != 3:
-        raise ValueError(f"cams must be (C_fg, H, W), got shape {cams.shape}")
+    cams, present, sal = _checked(cams, labels, saliency)
     n_fg, h, w = cams.shape
-    if present.shape != (n_fg,):
-        raise ValueError(f"labels must be ({n_fg},) for {n_fg} class maps, got shape {np.shape(labels)}")
-    if sal.shape != (h, w):
-        raise ValueError(f"saliency must be (H, W) = {(h, w)} like the class maps, got shape {sal.shape}")
-    if n_fg + 1 >= IGNORE:
-        raise ValueError(f"{n_fg} foreground classes do not fit uint8 labels below {IGNORE}")
-    if not np.isfinite(cams[present]).all():
-        raise ValueError("cams must be finite")
-
     # 1. scores: [background; one map per foreground class], absent classes staying 0. They are
     # held in float32 as upstream holds them: with 8-bit inputs a background score and a class
     # score can tie exactly (1 - 163/255 = 92/255), and float32 rounding decides as it does there.
@@ -102,6 +89,25 @@ def saliency_pseudo_gt(cams: np.ndarray, labels: np.ndarray, saliency: np.ndarra
     if foreground / float(h * w) < min_foreground:
         out[...] = IGNORE
     return out
+
+
+def _checked(cams, labels, saliency) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cams float64, present classes bool, saliency float64), or ValueError naming the input."""
+    cams = np.asarray(cams, dtype=np.float64)
+    present = np.asarray(labels).reshape(-1) > 0
+    sal = np.asarray(saliency, dtype=np.float64)
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (C_fg, H, W), got shape {cams.shape}")
+    n_fg, h, w = cams.shape
+    if present.shape != (n_fg,):
+        raise ValueError(f"labels must be ({n_fg},) for {n_fg} class maps, got shape {np.shape(labels)}")
+    if sal.shape != (h, w):
+        raise ValueError(f"saliency must be (H, W) = {(h, w)} like the class maps, got shape {sal.shape}")
+    if n_fg + 1 >= IGNORE:
+        raise ValueError(f"{n_fg} foreground classes do not fit uint8 labels below {IGNORE}")
+    if not np.isfinite(cams[present]).all():
+        raise ValueError("cams must be finite")
+    return cams, present, sal
 
 
 def split_pseudo_gt(split: Split, cams: Sequence[np.ndarray], indices: Iterable[int] | None = None,
