@@ -185,7 +185,7 @@ def test_saliency_scores_count_only_the_pixels_the_pseudo_masks_label():
 
     scores = SaliencyScores(Data(), TINY["mcis"]["saliency"])
     cams = torch.tensor([[[[1.0, 0.9, 0.0, 0.0]]]])  # salient and localised: class 1; the rest background
-    scores("val", [0], cams, torch.tensor([[1.0]]))
+    scores("val", [0], cams)
     m = scores.metrics()
     # Pseudo mask [1, 1, 0, 0] against [1, 1, 0, 1]: background IoU 1/2, class 1 IoU 2/3.
     assert m["val/saliency_miou"] == pytest.approx((0.5 + 2 / 3) / 2) and m["val/saliency_coverage"] == 1.0

@@ -61,14 +61,14 @@ CamFn = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: torch.device,
                   save_dir: Path | None = None, bind: Callable[[str, list[int]], CamFn] | None = None,
-                  observe: Callable[[str, list[int], torch.Tensor, torch.Tensor], None] | None = None) -> dict:
+                  observe: Callable[[str, list[int], torch.Tensor], None] | None = None) -> dict:
     """Choose t on train, apply it to val; ``cam_fn`` maps a normalised image batch to raw CAMs
     (B, C_fg, h, w). Multi-scale (``cam.scales``) and ``eval.flip`` as configured. With
     ``save_dir``, each val mask (after the CRF, if any) is written there as a VOC-palette PNG.
 
     A method whose CAMs depend on more than the image's pixels (MCIS: the partner images it is
     paired with) passes ``bind(split, indices)``, which returns the ``cam_fn`` of one batch.
-    ``observe(split, indices, cams, labels)`` sees every batch's normalised CAMs at image size
+    ``observe(split, indices, cams)`` sees every batch's normalised CAMs at image size
     (MCIS builds its saliency pseudo masks from them without a second pass)."""
     e = cfg["eval"]
     scales, flip, bs = cfg["cam"]["scales"], bool(e["flip"]), int(e["batch_size"])
@@ -84,7 +84,7 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
             cams = multiscale_cams(bind("train", idx) if bind else cam_fn, x, labels, scales, flip=flip)
             sweep.update(cams, gt.to(device))
             if observe is not None:
-                observe("train", idx, cams, labels)
+                observe("train", idx, cams)
         metrics["train/cam_miou"], t, _ = sweep.best()
     else:
         t = float(e["cam_threshold"])
@@ -95,7 +95,7 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
     for idx, x, labels, gt in eval_batches(ds.val, bs):
         cams = multiscale_cams(bind("val", idx) if bind else cam_fn, x.to(device), labels.to(device), scales, flip=flip)
         if observe is not None:
-            observe("val", idx, cams, labels)
+            observe("val", idx, cams)
         masks = cam_masks(cams, [t])[0]
         conf += confusion_matrix(masks, gt, ds.num_classes)
         if crf is not None:

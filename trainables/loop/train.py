@@ -25,7 +25,8 @@ from trainables.data.dataset import SegmentationDataset, TrainBatch, augment_bat
 
 class Float32Net:
     """Calls ``model`` (with any keyword arguments its ``forward`` takes) under bfloat16 autocast
-    when ``autocast == "bf16"`` and returns its outputs as float32 (so every loss and metric runs in float32); otherwise calls it as it is."""
+    when ``autocast == "bf16"`` and returns its outputs as float32 (so every loss and metric runs
+    in float32); otherwise calls it as it is."""
 
     def __init__(self, model: nn.Module, autocast: str, device: torch.device):
         self.model, self.enabled, self.device_type = model, autocast == "bf16", device.type

@@ -369,7 +369,7 @@ class SaliencyScores:
         self.conf = {s: np.zeros((ds.num_classes, ds.num_classes), np.int64) for s in ("train", "val")}
         self.pixels = {s: [0, 0] for s in ("train", "val")}
 
-    def __call__(self, split: str, idx: list[int], cams: torch.Tensor, labels: torch.Tensor) -> None:
+    def __call__(self, split: str, idx: list[int], cams: torch.Tensor) -> None:
         s = getattr(self.ds, split)
         by_index = dict(zip(idx, cams.float().cpu().numpy()))
         for i, pred in split_pseudo_gt(s, by_index, idx, **self.rule):
