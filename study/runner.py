@@ -128,6 +128,28 @@ def trial_entry(config: dict, fixed: dict, method: str) -> None:
                           f"pseudo.workers, or give each trial more CPUs (resources.cpu)") from None
 
 
+def pseudo_plan(spec: StudySpec) -> list[str]:
+    """What the pseudo labels of each trial cost in processes, for each refiner the study uses
+    (none for methods without pseudo labels)."""
+    pseudo = METHODS[spec.method].defaults.get("pseudo", {})
+    if "refiner" not in pseudo:
+        return []
+    fixed = flatten(spec.fixed)
+    searched = {p.name: p for p in spec.params}
+    refiners = (list(searched["pseudo.refiner"].choices) if "pseudo.refiner" in searched
+                else [fixed.get("pseudo.refiner", pseudo["refiner"])])
+    workers = fixed.get("pseudo.workers", pseudo["workers"])
+    lines = []
+    for r in refiners:
+        if r == "par":
+            lines.append("pseudo     par: refined inside the training step on the trial's device; no CRF workers")
+            continue
+        n = workers if workers != "auto" else (max(0, int(spec.resources["cpu"]) - 1) if spec.resources["gpu"] else 0)
+        lines.append(f"pseudo     densecrf: {n} CRF worker process(es) per trial (pseudo.workers={workers})"
+                     + ("; the CRFs run in the step, one image after another" if n == 0 else ""))
+    return lines
+
+
 def plan_text(spec: StudySpec, opts: RunOptions) -> str:
     """The plan ``--dry-run`` prints: everything the study would do, nothing run."""
     method = METHODS[spec.method]
@@ -155,6 +177,7 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
     ]
     for p in spec.params:
         lines.append(f"  {p.name:<28} {p.describe()}")
+    lines += pseudo_plan(spec)
     fixed = flatten(spec.fixed)
     if fixed:
         lines.append("fixed")

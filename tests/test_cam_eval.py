@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from trainables.pseudo.cam import multiscale_cams
-from trainables.evaluation.cam_eval import (as_segmentation_metrics, crf_cam_mask, evaluate_cams, threshold_grid,
+from trainables.evaluation.cam_eval import (as_segmentation_metrics, refined_cam_masks, evaluate_cams, threshold_grid,
                                  train_subset)
 from trainables.methods.cam import CamMethodSettings
 from trainables.methods.registry import METHODS
 from trainables.settings.problems import first_problem
 from trainables.data.dataset import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, Split
-from trainables.pseudo.labels import CrfSettings
+from trainables.settings.sections import RefinerSettings
 
 
 def red_channel_cam(x: torch.Tensor) -> torch.Tensor:
@@ -79,15 +79,29 @@ def test_segmentation_metrics_come_from_the_crf_masks_when_it_ran():
     assert plain["val/miou"] == 0.5 and plain["val/iou/a"] == 0.4 and "val/miou_nocrf" not in plain
 
 
-def test_crf_cam_mask_uses_only_present_classes_and_maps_them_back():
-    rgb = np.zeros((6, 6, 3), np.uint8)
-    rgb[:, 3:] = 255
-    cams = np.zeros((3, 6, 6), np.float32)
-    cams[2, :, 3:] = 0.9  # class index 2 (label 3) on the bright half
-    cams[0, :, :] = 0.8  # class 0 is absent from the image label: must never appear
-    mask = crf_cam_mask(rgb, cams, np.array([0.0, 0.0, 1.0]), 0.3, CrfSettings())
-    assert set(np.unique(mask)) == {0, 3}
-    assert (mask[:, 3:] == 3).all() and (mask[:, :3] == 0).all()
+@pytest.mark.parametrize("refiner", ["densecrf", "par"])
+def test_refined_cam_masks_use_only_present_classes_and_map_them_back(refiner):
+    rgb = np.zeros((2, 6, 6, 3), np.uint8)
+    rgb[:, :, 3:] = 255
+    cams = torch.zeros(2, 3, 6, 6)
+    cams[0, 2, :, 3:] = 0.9  # image 0: class index 2 (label 3) on the bright half
+    cams[:, 0] = 0.8  # class 0 is absent from both image labels: must never appear
+    cams[1, 1, :, :3] = 0.9  # image 1: class index 1 (label 2) on the dark half
+    labels = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    masks = refined_cam_masks(rgb, cams, labels, 0.3, RefinerSettings(refiner=refiner, par_scale=1.0))
+    assert masks.shape == (2, 6, 6)
+    assert (masks[0, :, 3:] == 3).all() and (masks[0, :, :3] == 0).all()
+    assert (masks[1, :, :3] == 2).all() and (masks[1, :, 3:] == 0).all()
+
+
+@pytest.mark.parametrize("refiner", ["densecrf", "par"])
+def test_refiner_changes_val_metrics_through_evaluate_cams(refiner):
+    ds = SegmentationDataset("toy", ["background", "thing"], train=_split(False), val=_split(True))
+    cfg = _cfg(crf=True)
+    cfg["eval"]["refiner"] = refiner
+    m = evaluate_cams(red_channel_cam, ds, cfg, torch.device("cpu"))
+    assert "val/cam_crf_miou" in m and "val/cam_crf_iou/thing" in m
+    assert 0.0 <= m["val/cam_crf_miou"] <= 1.0
 
 
 def test_crf_changes_val_metrics_through_evaluate_cams():

@@ -8,7 +8,8 @@ val, so no number is tuned on the data it is reported on. Metrics:
 - ``train/cam_miou``: CAM quality on train at the chosen t (the "CAM mIoU on VOC train" that SEAM
   and SC-CAM tabulate); ``train/cam_threshold``: that t.
 - ``val/cam_miou`` and ``val/cam_iou/<class>``: val masks at the same t; with ``eval.crf`` also
-  ``val/cam_crf_miou`` / ``val/cam_crf_iou/<class>`` after a dense CRF over [t; CAMs].
+  ``val/cam_crf_miou`` / ``val/cam_crf_iou/<class>`` after refining [t; CAMs] (``eval.refiner``:
+  a dense CRF, or PAR).
 
 Without train masks (a user's data with image labels only), or with ``eval.cam_threshold_source:
 fixed``, the configured ``eval.cam_threshold`` is used and ``train/cam_miou`` is absent.
@@ -26,7 +27,8 @@ from trainables.pseudo.cam import multiscale_cams
 from trainables.data.dataset import SegmentationDataset, eval_batches
 from trainables.data.imagefiles import write_palette_png
 from trainables.evaluation.metrics import CamThresholdSweep, cam_masks, confusion_matrix, mean_iou, per_class_iou
-from trainables.pseudo.labels import CrfSettings, dense_crf
+from trainables.pseudo.labels import present_stacks, refine
+from trainables.settings.sections import RefinerSettings
 
 def threshold_grid(step: float, high: float) -> list[float]:
     """[0, step, 2 step, ..., high].
@@ -47,12 +49,13 @@ def train_subset(n: int, count: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(0).permutation(n)[:count])
 
 
-def crf_cam_mask(rgb: np.ndarray, cams: np.ndarray, labels: np.ndarray, t: float, cfg: CrfSettings) -> np.ndarray:
-    """Dense CRF over [t; CAMs of the present classes] of one image: (H, W) class indices."""
-    present = np.flatnonzero(labels > 0)
-    scores = np.concatenate([np.full((1, *cams.shape[1:]), t, dtype=np.float32), cams[present]])
-    q = dense_crf(rgb, scores, cfg)
-    return np.concatenate([[0], present + 1])[q.argmax(0)]
+def refined_cam_masks(rgb, cams: torch.Tensor, labels: torch.Tensor, t: float, cfg: RefinerSettings) -> torch.Tensor:
+    """[t; CAMs of the present classes] of each image refined by ``cfg.refiner`` (a dense CRF per
+    image, or PAR over the batch), then argmax: (B, H, W) class indices on the CAMs' device."""
+    sub, to_class, counts = present_stacks(cams.float(), labels.to(cams.device))
+    scores = torch.cat([torch.full_like(sub[:, :1], t), sub], dim=1)
+    best = refine(rgb, [scores], cfg, counts)[0].argmax(1)
+    return to_class.gather(1, best.flatten(1)).view_as(best)
 
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]
@@ -89,7 +92,7 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
     else:
         t = float(e["cam_threshold"])
     metrics["train/cam_threshold"] = t
-    crf = CrfSettings.from_mapping(e) if e["crf"] else None
+    crf = RefinerSettings.from_mapping(e) if e["crf"] else None
     conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
     conf_crf = np.zeros_like(conf)
     for idx, x, labels, gt in eval_batches(ds.val, bs):
@@ -99,10 +102,8 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
         masks = cam_masks(cams, [t])[0]
         conf += confusion_matrix(masks, gt, ds.num_classes)
         if crf is not None:
-            cams_np, labels_np = cams.float().cpu().numpy(), labels.numpy()
-            masks = np.stack([crf_cam_mask(ds.val.images[i], cams_np[j], labels_np[j], t, crf)
-                              for j, i in enumerate(idx)])
-            conf_crf += confusion_matrix(masks, gt, ds.num_classes)
+            masks = refined_cam_masks([ds.val.images[i] for i in idx], cams, labels, t, crf)
+            conf_crf += confusion_matrix(masks, gt.to(masks.device), ds.num_classes)
         if save_dir is not None:
             for j, i in enumerate(idx):
                 write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", np.asarray(masks[j].cpu() if

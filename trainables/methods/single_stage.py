@@ -35,9 +35,9 @@ from trainables.losses.reassign import label_reassign_loss
 from trainables.methods.base import MethodSettings
 from trainables.nets.segmentation import SingleStageNet, frozen_bn_stats
 from trainables.pseudo.cam import background_score, multiscale_cams
-from trainables.pseudo.labels import CrfSettings, PseudoLabelConfig, PseudoLabeler, dense_crf
+from trainables.pseudo.labels import PseudoLabelConfig, PseudoLabeler, refine
 from trainables.settings.sections import (ClassificationLosses, Count, EvalSettings, Fraction, LossTerm,
-                                          NonNegative, Positive, PositiveInt, TrainSettings)
+                                          NonNegative, Positive, PositiveInt, RefinerSettings, TrainSettings)
 
 
 class SingleStageTrain(TrainSettings):
@@ -221,8 +221,11 @@ def _trial_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def pseudo_workers(value, device: torch.device) -> int:
-    """Resolve ``pseudo.workers``: an int, or "auto" (0 on CPU, trial CPUs - 1 on GPU)."""
+def pseudo_workers(value, device: torch.device, refiner: str = "densecrf") -> int:
+    """Resolve ``pseudo.workers``: an int, or "auto" (0 on CPU, trial CPUs - 1 on GPU); always 0
+    with ``refiner: par``, which runs inside the step."""
+    if refiner == "par":
+        return 0
     if value == "auto":
         return 0 if device.type == "cpu" else max(0, _trial_cpus() - 1)
     return int(value)
@@ -258,7 +261,7 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
     any) is written there as ``<image id>.png`` with the VOC palette."""
     model.eval()
     net = Float32Net(model, str(cfg["train"]["autocast"]), device)
-    crf = CrfSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
+    crf = RefinerSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
     scales, flip = [float(v) for v in cfg["eval"]["scales"]], bool(cfg["eval"]["flip"])
     conf = np.zeros((ds.num_classes, ds.num_classes), dtype=np.int64)
     conf_raw = np.zeros_like(conf)
@@ -268,9 +271,7 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
         pred = probs.argmax(1)
         if crf is not None:
             conf_raw += confusion_matrix(pred, gt, ds.num_classes)
-            probs_np = probs.float().cpu().numpy()
-            pred = torch.from_numpy(np.stack([dense_crf(ds.val.images[i], probs_np[j], crf).argmax(0)
-                                              for j, i in enumerate(chunk)])).to(device)
+            pred = refine([ds.val.images[i] for i in chunk], [probs], crf)[0].argmax(1).to(device)
         conf += confusion_matrix(pred, gt, ds.num_classes)
         if save_dir is not None:
             for j, i in enumerate(chunk):
@@ -296,7 +297,7 @@ class SingleStageTrainer(Trainer):
         self.weak = cfg["train"]["supervision"] == "weak"
         # CAM-only runs skip the CRFs
         self.needs_labels = self.weak and bool(set(self.active) & SEGMENTATION_TERMS)
-        workers = pseudo_workers(cfg["pseudo"]["workers"], device) if self.weak else 0
+        workers = pseudo_workers(cfg["pseudo"]["workers"], device, cfg["pseudo"]["refiner"]) if self.weak else 0
         self.labeler = PseudoLabeler(PseudoLabelConfig.from_mapping(cfg["pseudo"]), workers)
         self.overlap = self.labeler.workers > 0 and bool(cfg["pseudo"]["overlap"])
         self.pending: deque = deque()  # labels started by ahead(), oldest first

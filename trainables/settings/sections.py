@@ -158,7 +158,24 @@ class CrfSettings(Section):
         return cls(**{k: values[k] for k in cls.model_fields if k in values})
 
 
-class PseudoLabelConfig(CrfSettings):
+class RefinerSettings(CrfSettings):
+    """How [background; CAM] scores are refined (docs/single_stage.md §2): ``densecrf``, the
+    mean-field dense CRF of RRM (pydensecrf, one CPU core per image), or ``par``, AFA/ToCo's
+    pixel-adaptive refinement of the whole batch on the trial's device (pseudo/par.py)."""
+
+    refiner: Literal["densecrf", "par"] = "densecrf"
+    par_dilations: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 2, 4, 8, 12, 24]
+    """PAR: the 8 neighbours at each of these dilations (AFA and ToCo: 1, 2, 4, 8, 12, 24)."""
+    par_iterations: PositiveInt = 10
+    par_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """PAR runs at this fraction of the image size (ToCo: half scale) and is resized back."""
+    par_colour_weight: Positive = 0.3
+    """w1 of AFA/ToCo: the colour term's width, in local standard deviations."""
+    par_position_weight: NonNegative = 0.01
+    """w2 of AFA/ToCo: weight of the position prior beside the colour term."""
+
+
+class PseudoLabelConfig(RefinerSettings):
     """The reliable pseudo-label rule (docs/single_stage.md §2; RRM defaults): the CAM pruning
     cutoffs a study searches and the CRF of §2 step 1 (bilateral sxy=80 srgb=13 compat=10)."""
 
@@ -174,16 +191,17 @@ class PseudoLabelConfig(CrfSettings):
     fg_percentile: Fraction = 0.6
     bg_cutoff: Fraction = 0.8
     crf: bool = True
-    """false: the normalised scores stand in for the CRF marginals (this project's choice)."""
+    """Refine the scores (with ``refiner``); false: the normalised scores stand in for the
+    refined marginals (this project's choice)."""
     workers: Literal["auto"] | Count = "auto"
     """CRF processes per trial: auto = none on CPU (the network uses the trial's cores), the
-    trial's CPUs - 1 on GPU."""
+    trial's CPUs - 1 on GPU. PAR runs inside the step: with ``refiner: par`` there are none."""
     overlap: bool = True
     """With workers: label the next batch (CAMs from a no-grad pass of the current weights, one
     step old) while this step trains, which hides the CRFs."""
 
 
-class EvalSettings(CrfSettings):
+class EvalSettings(RefinerSettings):
     """Evaluation on val, as every CAM-producing method is evaluated (evaluation/cam_eval.py):
     a CAM becomes a mask as argmax([t; CAMs]), t chosen on train."""
 
@@ -192,8 +210,8 @@ class EvalSettings(CrfSettings):
     """Evaluate every N epochs (and always after the last); reports in between repeat the
     last values, since ASHA and the searcher read the metric at every report."""
     crf: bool = False
-    """A dense CRF refines the val masks/predictions (val/miou is then the refined one's,
-    val/miou_nocrf the raw one's)."""
+    """Refine the val masks/predictions with ``refiner`` (a dense CRF by default; val/miou is
+    then the refined one's, val/miou_nocrf the raw one's)."""
     flip: bool = False
     cam_threshold_step: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
     cam_threshold_max: Fraction = 0.8
