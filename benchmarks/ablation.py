@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_config_args, base_config, mean_std, prepare_checkpoint  # noqa: E402
+from common import add_config_args, base_config, mean_std, prepare_checkpoint, run_method  # noqa: E402
 
 # Every switch is set in every row, whatever the space's fixed settings say (aal.yaml turns the
 # AALR losses on).
@@ -55,17 +55,6 @@ EXTRA = ("train/pseudo/precision", "train/pseudo/coverage", "train/reassign/chan
          "train/reassign/precision_before", "train/reassign/precision_after")
 
 
-def _run(config: dict, threads: int) -> dict:
-    import torch
-
-    from trainables.methods.registry import METHODS
-
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    last = METHODS["aal"].train(config)[-1]
-    return {**last, "time/run_s": time.perf_counter() - t0}
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     add_config_args(p)
@@ -84,7 +73,7 @@ def main() -> None:
         # One classification checkpoint per seed, built before any run uses it.
         for f in [pool.submit(prepare_checkpoint, "aal", {**base, "train.seed": s}, args.threads) for s in args.seeds]:
             f.result()
-        futures = {pool.submit(_run, {**base, **over, "train.seed": s}, args.threads): (key, s)
+        futures = {pool.submit(run_method, "aal", {**base, **over, "train.seed": s}, args.threads): (key, s)
                    for key, _, over, _ in rows for s in args.seeds}
         for f in as_completed(futures):
             key, s = futures[f]

@@ -62,6 +62,20 @@ def prepare_checkpoint(method: str, config: dict, threads: int) -> None:
     METHODS[method].prepare(config, log=lambda _: None)
 
 
+def run_method(method: str, config: dict, threads: int) -> dict:
+    """Train one run of ``method`` in this process; its last report, plus ``time/run_s``."""
+    import time
+
+    import torch
+
+    from trainables.methods.registry import METHODS
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    last = METHODS[method].train(config)[-1]
+    return {**last, "time/run_s": time.perf_counter() - t0}
+
+
 def mean_std(values: list) -> str:
     """Percent "mean ± std" of the finite values (sample std), or "-".
 

@@ -27,7 +27,7 @@ from trainables.pseudo.cam import multiscale_cams
 from trainables.data.dataset import SegmentationDataset, eval_batches
 from trainables.data.imagefiles import write_palette_png
 from trainables.evaluation.metrics import CamThresholdSweep, cam_masks, confusion_matrix, mean_iou, per_class_iou
-from trainables.pseudo.labels import present_stacks, refine
+from trainables.pseudo.labels import channel_argmax, present_stacks, refine
 from trainables.settings.sections import RefinerSettings
 
 def threshold_grid(step: float, high: float) -> list[float]:
@@ -54,7 +54,7 @@ def refined_cam_masks(rgb, cams: torch.Tensor, labels: torch.Tensor, t: float, c
     image, or PAR over the batch), then argmax: (B, H, W) class indices on the CAMs' device."""
     sub, to_class, counts = present_stacks(cams.float(), labels.to(cams.device))
     scores = torch.cat([torch.full_like(sub[:, :1], t), sub], dim=1)
-    best = refine(rgb, [scores], cfg, counts)[0].argmax(1)
+    best = channel_argmax(refine(rgb, [scores], cfg, counts)[0])
     return to_class.gather(1, best.flatten(1)).view_as(best)
 
 

@@ -35,7 +35,7 @@ from trainables.losses.reassign import label_reassign_loss
 from trainables.methods.base import MethodSettings
 from trainables.nets.segmentation import SingleStageNet, frozen_bn_stats
 from trainables.pseudo.cam import background_score, multiscale_cams
-from trainables.pseudo.labels import PseudoLabelConfig, PseudoLabeler, refine
+from trainables.pseudo.labels import PseudoLabelConfig, PseudoLabeler, channel_argmax, refine
 from trainables.settings.sections import (ClassificationLosses, Count, EvalSettings, Fraction, LossTerm,
                                           NonNegative, Positive, PositiveInt, RefinerSettings, TrainSettings)
 
@@ -268,10 +268,10 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
     for chunk, x, _, gt in eval_batches(ds.val, int(cfg["eval"]["batch_size"])):
         x, gt = x.to(device), gt.to(device)
         probs = segment_probs(net, x, scales, flip)
-        pred = probs.argmax(1)
+        pred = channel_argmax(probs)
         if crf is not None:
             conf_raw += confusion_matrix(pred, gt, ds.num_classes)
-            pred = refine([ds.val.images[i] for i in chunk], [probs], crf)[0].argmax(1).to(device)
+            pred = channel_argmax(refine([ds.val.images[i] for i in chunk], [probs], crf)[0]).to(device)
         conf += confusion_matrix(pred, gt, ds.num_classes)
         if save_dir is not None:
             for j, i in enumerate(chunk):

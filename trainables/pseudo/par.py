@@ -84,11 +84,10 @@ def par_affinity(image: torch.Tensor, dilations: Sequence[int], colour_weight: f
     colour = img.new_empty(n, b, h, w)  # neighbour-major: each neighbour's plane is contiguous
     diff = torch.empty_like(img)
     for k, nb in enumerate(_shifted(img, offsets)):
-        torch.sub(nb, img, out=diff)
-        diff.square_().mul_(inv)
-        torch.add(diff[:, 0], diff[:, 1], out=colour[k])
-        for c in range(2, diff.shape[1]):
-            colour[k].add_(diff[:, c])
+        torch.sub(nb, img, out=diff).square_()
+        torch.mul(diff[:, 0], inv[:, 0], out=colour[k])
+        for c in range(1, diff.shape[1]):
+            colour[k].addcmul_(diff[:, c], inv[:, c])
     # softmax over the neighbours of -colour (min subtracted: a flat neighbourhood stays finite)
     colour = colour.sub_(colour.amin(0)).neg_().exp_()
     colour = colour.div_(colour.sum(0))
