@@ -106,6 +106,22 @@ def collect(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return meta, trials, per_class
 
 
+INACTIVE = "–"  # a conditional parameter its condition switched off in that trial
+
+
+def param_cell(v) -> str:
+    """A parameter's value for a report table: floats to 4 significant digits, "–" when the
+    trial did not use the parameter (None or NaN: a ``when`` condition was false).
+
+    Example:
+        >>> [param_cell(v) for v in (0.0123456, None, float("nan"), True, "par", 4)]
+        ['0.01235', '–', '–', 'True', 'par', '4']
+    """
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return INACTIVE
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _pct(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
@@ -247,8 +263,7 @@ def _best_lines(best: dict) -> list[str]:
     ]
     params = {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")}
     if params:
-        lines += ["| parameter | value |", "|---|---|"] + [f"| `{k}` | {v:.4g} |" if isinstance(v, float)
-                                                          else f"| `{k}` | {v} |" for k, v in params.items()] + [""]
+        lines += ["| parameter | value |", "|---|---|"] + [f"| `{k}` | {param_cell(v)} |" for k, v in params.items()] + [""]
     return lines
 
 
@@ -297,6 +312,9 @@ def _top_lines(trials: pd.DataFrame, mode: str) -> list[str]:
     shown = top[cols].copy()
     for c in ("miou", "cam_miou", "train_cam_miou"):
         shown[c] = shown[c].map(_pct)
+    for c in shown.columns:
+        if c.startswith("param."):
+            shown[c] = shown[c].astype(object).map(param_cell)
     return ["## Top trials", "", shown.to_markdown(index=False, floatfmt=".4g"), ""]
 
 

@@ -201,7 +201,7 @@ def _log_comparison(output: Path, cspec: CompareSpec, tracking_uri: str | None, 
     artifacts = None if tracking_uri else (output.resolve() / "mlartifacts").as_uri()
     tracker = StudyTracker(tracking, cspec.name, artifact_location=artifacts)
     files = [markdown, output / "comparison.parquet", output / "cam_quality.parquet"]
-    run = tracker.start_parent(run_name=f"{cspec.name}-comparison", tags={},
+    run = tracker.start_parent(run_name=f"comparison {cspec.name}", tags={},
                                params={"seeds": cspec.seeds, "samples": cspec.studies[0].samples,
                                        "studies": [s.name for s in cspec.studies]},
                                artifacts=[f for f in files if f.is_file()])

@@ -374,7 +374,7 @@ def _parent_run(spec: StudySpec, opts: RunOptions, meta: dict, ds, tracker: Stud
     """The study's MLflow parent run: the one of study.json on --resume, else a new one."""
     parent = tracker.resume_parent(meta.get("parent_run_id")) if opts.resume else None
     parent = parent or tracker.start_parent(
-        run_name=f"{spec.name}-study",
+        run_name=f"study {spec.name}",
         tags={"wsss.git_commit": git_commit(Path(__file__).parent), "wsss.space_sha256": spec.digest(),
               "wsss.output": str(opts.output.resolve()), "wsss.method": spec.method,
               "wsss.dataset": ds.name,

@@ -163,7 +163,7 @@ class MlflowTrialCallback(Callback):
         else:
             run = client.create_run(
                 self.tracker.experiment_id,
-                run_name=str(trial),
+                run_name=f"trial {tid}",
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: tid, "wsss.role": "trial"},
             )
             run_id = run.info.run_id

@@ -70,6 +70,10 @@ def test_mlflow_holds_parent_and_one_child_per_trial(smoke_study):
     children = [r for r, _ in runs if "mlflow.parentRunId" in tags.get(r, {})]
     assert len(parents) == 1 and len(children) == 2
     assert all(tags[c]["mlflow.parentRunId"] == parents[0] for c in children)
+    # named after the study and its trials, as the MLflow UI lists them
+    assert tags[parents[0]]["mlflow.runName"] == "study smoke"
+    assert sorted(tags[c]["mlflow.runName"] for c in children) == sorted(f"trial {tags[c]['ray.trial_id']}"
+                                                                        for c in children)
     assert all("ray.trial_id" in tags[c] for c in children)
     assert all(status == "FINISHED" for _, status in runs)
     parent_tags = tags[parents[0]]
@@ -87,6 +91,8 @@ def test_report_labels_datasets_and_lists_trials(smoke_study):
     assert "synthetic val (this study)" in md
     assert "NOT comparable" in md and "SEAM" in md and "SC-CAM" in md
     assert "## Top trials" in md and "## Parameter importance" in md
+    # pseudo.crf_iterations is conditional on pseudo.crf: a trial without the CRF shows "–", never nan
+    assert "nan" not in md and "None" not in md
     # Artifacts (YAML, report, figures) stay inside the study folder, never in ./mlruns.
     assert (out / "mlartifacts").is_dir() and not (ROOT / "mlruns").exists()
     assert "figures/per_class_iou.png" in md and (out / "figures" / "per_class_iou.png").stat().st_size > 1000
