@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_config_args, base_config, mean_std, prepare_checkpoint, run_method  # noqa: E402
+from common import add_config_args, add_seed_args, base_config, mean_std, prepare_checkpoint, run_method  # noqa: E402
 
 # Every switch is set in every row, whatever the space's fixed settings say (aal.yaml turns the
 # AALR losses on).
@@ -58,9 +58,7 @@ EXTRA = ("train/pseudo/precision", "train/pseudo/coverage", "train/reassign/chan
 def main() -> None:
     p = argparse.ArgumentParser()
     add_config_args(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    add_seed_args(p)
     p.add_argument("--only", nargs="+", default=None, help=f"row keys: {[r[0] for r in ROWS + DIAGNOSTICS]}")
     p.add_argument("--out", default=None, help="write every run's final metrics to this JSON file")
     args = p.parse_args()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import add_config_args, base_config, mean_std, prepare_checkpoint  # noqa: E402
+from benchmarks.common import add_config_args, add_seed_args, base_config, mean_std, prepare_checkpoint  # noqa: E402
 
 # key, label, method, overrides (dotted)
 ROWS = [
@@ -85,9 +85,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     add_config_args(p)
     p.set_defaults(space="search_spaces/cam.yaml")  # settings every CAM method takes (aal.yaml's are not)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
+    add_seed_args(p)
     p.add_argument("--seam-scale", type=float, default=0.5, help="seam.scale for the SEAM rows")
     p.add_argument("--only", nargs="+", default=None, help=f"row keys: {[r[0] for r in ROWS + EXTRA_ROWS]}")
     p.add_argument("--out", default=None, help="write every run's metrics to this JSON file")

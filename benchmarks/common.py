@@ -19,6 +19,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
 
 
+def add_seed_args(p: argparse.ArgumentParser) -> None:
+    """The seeds of a repeated measurement and how its runs share the machine."""
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+
+
 def base_config(args: argparse.Namespace) -> dict:
     """The trainable config the arguments describe (dotted keys over the space's fixed part)."""
     # data.* is the study's data section (validated with the spec: a VOC root, for one)

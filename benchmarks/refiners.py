@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_config_args, base_config, mean_std, prepare_checkpoint, run_method  # noqa: E402
+from common import add_config_args, add_seed_args, base_config, mean_std, prepare_checkpoint, run_method  # noqa: E402
 
 REFERENCE = "densecrf"
 
@@ -86,9 +86,7 @@ def _same_cams(config: dict, threads: int, variants: dict[str, dict]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     add_config_args(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    add_seed_args(p)
     p.add_argument("--par-confidence", type=float, nargs="*", default=[0.5],
                    help="extra PAR variants with these pseudo.crf_confidence cutoffs")
     p.add_argument("--out", default=None, help="write every run's figures to this JSON file")
