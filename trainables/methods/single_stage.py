@@ -221,11 +221,9 @@ def _trial_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def pseudo_workers(value, device: torch.device, refiner: str = "densecrf") -> int:
-    """Resolve ``pseudo.workers``: an int, or "auto" (0 on CPU, trial CPUs - 1 on GPU); always 0
-    with ``refiner: par``, which runs inside the step."""
-    if refiner == "par":
-        return 0
+def pseudo_workers(value, device: torch.device) -> int:
+    """Resolve ``pseudo.workers``: an int, or "auto" (0 on CPU, trial CPUs - 1 on GPU). With
+    ``refiner: par`` the :class:`PseudoLabeler` starts none, whatever this says."""
     if value == "auto":
         return 0 if device.type == "cpu" else max(0, _trial_cpus() - 1)
     return int(value)
@@ -297,7 +295,7 @@ class SingleStageTrainer(Trainer):
         self.weak = cfg["train"]["supervision"] == "weak"
         # CAM-only runs skip the CRFs
         self.needs_labels = self.weak and bool(set(self.active) & SEGMENTATION_TERMS)
-        workers = pseudo_workers(cfg["pseudo"]["workers"], device, cfg["pseudo"]["refiner"]) if self.weak else 0
+        workers = pseudo_workers(cfg["pseudo"]["workers"], device) if self.weak else 0
         self.labeler = PseudoLabeler(PseudoLabelConfig.from_mapping(cfg["pseudo"]), workers)
         self.overlap = self.labeler.workers > 0 and bool(cfg["pseudo"]["overlap"])
         self.pending: deque = deque()  # labels started by ahead(), oldest first
