@@ -208,6 +208,7 @@ def prepare_output(spec: StudySpec, opts: RunOptions) -> dict:
         "mode": spec.mode,
         "samples": spec.samples,
         "epochs": spec.epochs,
+        "scheduler": spec.scheduler,
         "data": spec.data,
         "params": [{"name": p.name, "type": p.type} for p in spec.params],
         "optuna_storage": f"sqlite:///{(out / 'optuna.db').resolve()}",
