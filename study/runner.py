@@ -238,11 +238,18 @@ def init_ray(address: str, spec: StudySpec) -> None:
 
 def _optuna_searcher(spec: StudySpec, opts: RunOptions) -> ConcurrencyLimiter:
     """Optuna (TPE or random) behind a concurrency limit, its study stored in the output folder."""
+    import warnings
+
     storage = optuna.storages.RDBStorage(f"sqlite:///{(opts.output / 'optuna.db').resolve()}")
-    try:
-        existing = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
-    except KeyError:
-        existing = 0
+    # Created (or, on --resume, loaded) here, before Ray's OptunaSearch loads it by name
+    # (create_study with load_if_exists), so that the stored study carries the objective's name:
+    # optuna-dashboard and trials_dataframe() then show "val/miou" rather than "Objective 0".
+    study = optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True,
+                                direction="maximize" if spec.mode == "max" else "minimize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.metric])
+    existing = len(study.trials)
     # A resumed study must not replay the same suggestions: offset the seed by trials stored.
     sampler = build_sampler(spec.sampler, spec.seed + existing)
     searcher = PrunedAwareOptunaSearch(
