@@ -199,13 +199,46 @@ class MlflowTrialCallback(Callback):
         stopped_early = done < self.max_epochs
         self.tracker.client.set_tag(run_id, "wsss.stopped_early", str(stopped_early).lower())
         self.tracker.client.set_tag(run_id, "wsss.epochs_done", str(done))
+        log_review(self.tracker.client, run_id, trial)
         self.tracker.end(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.child_run_id(trial)
+        log_review(self.tracker.client, run_id, trial)
         message = trial_error_message(trial)
         self.tracker.client.set_tag(run_id, "wsss.error", message[:5000])
         self.tracker.end(run_id, "FAILED")
+
+
+REVIEW_DIR = "review"  # the trial folder's and the child run's folder of the figure grid
+
+
+def log_review(client: MlflowClient, run_id: str, trial) -> list[str]:
+    """The review panel of the trial's last evaluation (``<trial folder>/review/panel.npz`` in
+    the experiment storage: local, NFS or cloud alike), rendered as figure grids
+    (reports/grids.py) and logged with the panel under ``review/`` of the child run. Returns
+    the logged file names; nothing when the trial never evaluated. Never raises: a missing
+    picture must not fail the study."""
+    import tempfile
+
+    import pyarrow.fs
+
+    from reports.grids import render_panel
+
+    try:
+        fs, src = trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{REVIEW_DIR}/panel.npz"
+        if fs.get_file_info(src).type != pyarrow.fs.FileType.File:
+            return []
+        with tempfile.TemporaryDirectory() as d:
+            local = Path(d) / "panel.npz"
+            pyarrow.fs.copy_files(src, str(local), source_filesystem=fs)
+            files = [local, *render_panel(local, d, label=f"trial {trial.trial_id}")]
+            for f in files:
+                client.log_artifact(run_id, str(f), artifact_path=REVIEW_DIR)
+            return [f.name for f in files]
+    except Exception as e:  # noqa: BLE001 - reported, never fatal
+        client.set_tag(run_id, "wsss.review_error", f"{type(e).__name__}: {e}"[:500])
+        return []
 
 
 def trial_error_message(trial) -> str:

@@ -64,7 +64,8 @@ CamFn = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: torch.device,
                   save_dir: Path | None = None, bind: Callable[[str, list[int]], CamFn] | None = None,
-                  observe: Callable[[str, list[int], torch.Tensor], None] | None = None) -> dict:
+                  observe: Callable[[str, list[int], torch.Tensor], None] | None = None,
+                  panel=None) -> dict:
     """Choose t on train, apply it to val; ``cam_fn`` maps a normalised image batch to raw CAMs
     (B, C_fg, h, w). Multi-scale (``cam.scales``) and ``eval.flip`` as configured. With
     ``save_dir``, each val mask (after the CRF, if any) is written there as a VOC-palette PNG.
@@ -72,7 +73,8 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
     A method whose CAMs depend on more than the image's pixels (MCIS: the partner images it is
     paired with) passes ``bind(split, indices)``, which returns the ``cam_fn`` of one batch.
     ``observe(split, indices, cams)`` sees every batch's normalised CAMs at image size
-    (MCIS builds its saliency pseudo masks from them without a second pass)."""
+    (MCIS builds its saliency pseudo masks from them without a second pass). A ``panel``
+    (evaluation/review.py) keeps the val CAMs and final masks of its images."""
     e = cfg["eval"]
     scales, flip, bs = cfg["cam"]["scales"], bool(e["flip"]), int(e["batch_size"])
     metrics: dict = {}
@@ -104,6 +106,8 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
         if crf is not None:
             masks = refined_cam_masks([ds.val.images[i] for i in idx], cams, labels, t, crf)
             conf_crf += confusion_matrix(masks, gt.to(masks.device), ds.num_classes)
+        if panel is not None:
+            panel.capture(idx, cams=cams, pred=masks)
         if save_dir is not None:
             for j, i in enumerate(idx):
                 write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", np.asarray(masks[j].cpu() if

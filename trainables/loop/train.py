@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -134,8 +135,22 @@ class Trainer:
         return {}
 
     def evaluate(self, model: nn.Module, net: Callable, save_dir) -> dict:
-        """Metrics on val (model in eval mode); ``save_dir`` receives predictions, or is None."""
+        """Metrics on val (model in eval mode); ``save_dir`` receives predictions, or is None.
+        When :attr:`panel` is set, hand it the CAMs and outputs of its images as they are computed."""
         return {}
+
+    panel = None  # the ReviewPanel of the evaluation running now (evaluation/review.py), or None
+
+    def new_panel(self):
+        """The review panel of one evaluation (``eval.review_images`` val images), or None."""
+        from trainables.evaluation.review import ReviewPanel
+
+        count = int(self.cfg["eval"]["review_images"])
+        return ReviewPanel(self.ds, count) if count else None
+
+    def review(self, net: Callable, panel) -> None:
+        """After :meth:`evaluate`: add what the evaluation did not compute to ``panel`` (e.g. the
+        single-stage model's CAMs and the pseudo labels of training images)."""
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(model, self.cfg["train"])
@@ -147,8 +162,9 @@ class Trainer:
 def run(trainer: Trainer, reporter, start_weights: Callable[[nn.Module], None] = lambda m: None,
         outputs: Callable | None = None) -> tuple[list[dict], nn.Module]:
     """Train ``trainer``'s method for ``train.epochs`` over its rounds; report every epoch.
-    ``start_weights(model)`` initialises a round's fresh network; ``outputs(final)`` is a
-    context manager giving the folder for the last evaluation's predictions (or None).
+    ``start_weights(model)`` initialises a round's fresh network; ``outputs(kind, final)`` is a
+    context manager giving the folder for an evaluation's files of ``kind`` ("predictions":
+    the last evaluation's val predictions; "review": the figure grid's panel), or None.
     Returns the history (the reporter's, restored ones included) and the final model; the
     trainer is closed however the run ends."""
     try:
@@ -246,12 +262,27 @@ def _epoch(trainer: Trainer, model: nn.Module, optimizer, rng: np.random.Generat
     if epoch + 1 == last or not history or (epoch + 1) % int(cfg["eval"]["every"]) == 0:
         model.eval()
         final = epoch + 1 == int(t["epochs"])
-        with outputs(final) if outputs else nullcontext() as save:
+        with outputs("predictions", final) if outputs else nullcontext() as save, \
+                outputs("review", final) if outputs else nullcontext() as review_dir:
+            trainer.panel = trainer.new_panel() if review_dir is not None else None
             metrics.update(trainer.evaluate(model, net, save))
+            _save_review(trainer, net, review_dir, metrics)
         model.train()
     else:  # every report carries val/* (ASHA and the searcher read the metric each time)
         metrics.update({k: v for k, v in history[-1].items() if k.startswith(("val/", "train/cam"))})
     return metrics
+
+
+def _save_review(trainer: Trainer, net: Callable, folder, metrics: dict) -> None:
+    """The evaluation's review panel, completed by the method, as ``folder/panel.npz`` (the
+    study driver renders it and logs it to the trial's MLflow run)."""
+    panel, trainer.panel = trainer.panel, None
+    if panel is None or folder is None:
+        return
+    trainer.review(net, panel)
+    panel.save(Path(folder) / "panel.npz", epoch=int(metrics["epoch"]),
+               **{k.replace("/", "_"): float(v) for k, v in metrics.items()
+                  if k in ("val/miou", "val/cam_miou", "train/cam_threshold")})
 
 
 def _lookahead(trainer: Trainer, net: Callable, rng: np.random.Generator, bs: int, steps: int,

@@ -17,7 +17,7 @@ from torch import nn
 from trainables.data.dataset import SegmentationDataset
 from trainables.data.registry import load_dataset
 from trainables.loop.pretrain import classification_pretrain
-from trainables.loop.reporting import Reporter, default_reporter, trial_output
+from trainables.loop.reporting import Reporter, default_reporter, in_tune_session, trial_output
 from trainables.loop.train import resolve_device, run
 
 
@@ -28,9 +28,13 @@ def train(trainer_cls: type, cfg: dict, reporter: Reporter | None = None) -> lis
     device = _set_up(cfg)
     ds = load_dataset(cfg["data"])
     save = bool(cfg["eval"]["save_predictions"])
+    review = in_tune_session()  # the study driver logs a trial's review grid to MLflow
+
+    def outputs(kind: str, final: bool):
+        return trial_output(kind, enabled=final and save if kind == "predictions" else review)
+
     history, _ = run(trainer_cls(cfg, ds, device), reporter,
-                     start_weights=lambda model: load_start_weights(model, cfg, ds, device),
-                     outputs=lambda final: trial_output("predictions", enabled=final and save))
+                     start_weights=lambda model: load_start_weights(model, cfg, ds, device), outputs=outputs)
     return history
 
 

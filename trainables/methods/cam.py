@@ -41,4 +41,5 @@ class CamTrainer(Trainer):
         return lambda z: net(z)["cam_raw"]
 
     def evaluate(self, model: nn.Module, net: Callable, save_dir) -> dict:
-        return as_segmentation_metrics(evaluate_cams(self.cam_fn(net), self.ds, self.cfg, self.device, save_dir))
+        return as_segmentation_metrics(evaluate_cams(self.cam_fn(net), self.ds, self.cfg, self.device, save_dir,
+                                                    panel=self.panel))

@@ -282,7 +282,7 @@ class McisTrainer(CamTrainer):
         saliency = SaliencyScores(self.ds, self.cfg["mcis"]["saliency"]) if self.cfg["eval"]["saliency_masks"] else None
         bind = self.bind_cams(model, net) if self.cfg["mcis"]["eval_cams"] == "coattention" else None
         metrics = as_segmentation_metrics(evaluate_cams(self.cam_fn(net), self.ds, self.cfg, self.device, save_dir,
-                                                        bind=bind, observe=saliency))
+                                                        bind=bind, observe=saliency, panel=self.panel))
         return {**metrics, **(saliency.metrics() if saliency else {})}
 
     def bind_cams(self, model: McisNet, net: Callable) -> Callable:

@@ -26,6 +26,7 @@ from trainables.data.dataset import IGNORE_INDEX, SegmentationDataset, TrainBatc
 from trainables.data.imagefiles import write_palette_png
 from trainables.evaluation.cam_eval import evaluate_cams
 from trainables.evaluation.metrics import confusion_matrix, mean_iou, per_class_iou, pseudo_label_quality
+from trainables.evaluation.review import review_indices
 from trainables.loop.train import Float32Net, Trainer
 from trainables.losses import classification as losses
 from trainables.losses.affinity import affinity_loss, pixel_confidence
@@ -35,9 +36,10 @@ from trainables.losses.reassign import label_reassign_loss
 from trainables.methods.base import MethodSettings
 from trainables.nets.segmentation import SingleStageNet, frozen_bn_stats
 from trainables.pseudo.cam import background_score, multiscale_cams
-from trainables.pseudo.labels import PseudoLabelConfig, PseudoLabeler, channel_argmax, refine
+from trainables.pseudo.labels import PseudoLabelConfig, PseudoLabeler, batch_reliable_labels, channel_argmax, refine
 from trainables.settings.sections import (ClassificationLosses, Count, EvalSettings, Fraction, LossTerm,
-                                          NonNegative, Positive, PositiveInt, RefinerSettings, TrainSettings)
+                                          NonNegative, Positive, PositiveInt, RefinerSettings, ReviewCount,
+                                          TrainSettings)
 
 
 class SingleStageTrain(TrainSettings):
@@ -116,6 +118,9 @@ class SingleStageEval(EvalSettings):
     cam_quality: bool = True
     """Also evaluate the model's own CAMs as a CAM method is (t chosen on train), so its CAM row
     compares with the baselines'."""
+    review_pseudo_images: ReviewCount = 3
+    """Training images whose reliable pseudo labels (at the current weights, uncropped) are shown
+    beside the val grid, ignored pixels marked; 0 = none."""
 
 
 class SingleStageSettings(MethodSettings):
@@ -251,12 +256,13 @@ def segment_probs(model: SingleStageNet, x: torch.Tensor, scales: list[float] = 
 
 @torch.no_grad()
 def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: torch.device,
-             save_dir: Path | None = None) -> dict:
+             save_dir: Path | None = None, panel=None) -> dict:
     """Segmentation mIoU on val (seg head argmax on whole images at full resolution, optionally
     multi-scale + flip and refined by a test-time dense CRF) and, with ``eval.cam_quality``, the
     model's CAMs evaluated as every CAM method is (:func:`trainables.cam_eval.evaluate_cams`;
     the CAM masks never get the CRF here). With ``save_dir``, each prediction (after the CRF, if
-    any) is written there as ``<image id>.png`` with the VOC palette."""
+    any) is written there as ``<image id>.png`` with the VOC palette; a ``panel`` keeps the
+    predictions of its images."""
     model.eval()
     net = Float32Net(model, str(cfg["train"]["autocast"]), device)
     crf = RefinerSettings.from_mapping(cfg["eval"]) if cfg["eval"]["crf"] else None
@@ -271,6 +277,8 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
             conf_raw += confusion_matrix(pred, gt, ds.num_classes)
             pred = channel_argmax(refine([ds.val.images[i] for i in chunk], [probs], crf)[0]).to(device)
         conf += confusion_matrix(pred, gt, ds.num_classes)
+        if panel is not None:
+            panel.capture(chunk, pred=pred)
         if save_dir is not None:
             for j, i in enumerate(chunk):
                 write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", pred[j].to(torch.uint8).cpu().numpy())
@@ -380,7 +388,29 @@ class SingleStageTrainer(Trainer):
         return metrics
 
     def evaluate(self, model: SingleStageNet, net: Callable, save_dir) -> dict:
-        return evaluate(model, self.ds, self.cfg, self.device, save_dir)
+        return evaluate(model, self.ds, self.cfg, self.device, save_dir, panel=self.panel)
+
+    def new_panel(self):
+        panel = super().new_panel()
+        if panel is not None and self.weak:
+            panel.train = review_indices(self.ds.train.labels, int(self.cfg["eval"]["review_pseudo_images"]))
+        return panel
+
+    @torch.no_grad()
+    def review(self, net: Callable, panel) -> None:
+        """The panel's val CAMs, and the reliable pseudo labels of its training images: whole
+        images through the step's own CAMs and rule, at the current weights."""
+        bs = int(self.cfg["eval"]["batch_size"])
+        for idx, x, labels, _ in eval_batches(self.ds.val, bs, panel.missing_cams()):
+            panel.capture(idx, cams=self._cams(net, x.to(self.device), labels.to(self.device)))
+        position = {i: k for k, i in enumerate(panel.train)}
+        for idx, x, labels, _ in eval_batches(self.ds.train, bs, panel.train):
+            labels = labels.to(self.device)
+            cams = self._cams(net, x.to(self.device), labels)
+            rgb = np.stack([np.asarray(self.ds.train.images[i]) for i in idx])
+            pseudo = batch_reliable_labels(rgb, cams, labels, self.labeler.cfg)
+            for j, i in enumerate(idx):
+                panel.capture_pseudo(position[i], pseudo[j])
 
     def close(self) -> None:
         self.labeler.close()

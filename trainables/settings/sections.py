@@ -42,6 +42,7 @@ PositiveInt = Annotated[int, BeforeValidator(integral), Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
+ReviewCount = Annotated[int, BeforeValidator(integral), Field(ge=0, le=16)]  # images in a figure grid
 
 
 class Section(BaseModel):
@@ -224,6 +225,9 @@ class EvalSettings(RefinerSettings):
     cam_threshold: Fraction = 0.15
     save_predictions: bool = False
     """The last evaluation writes each val prediction as a VOC-palette PNG (predictions/)."""
+    review_images: ReviewCount = 4
+    """Val images shown in every trial's figure grid (image, ground truth, CAMs, output), the
+    same ones in every trial and method (evaluation/review.py); 0 = no grid."""
 
 
 class LossTerm(Section):
