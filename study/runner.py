@@ -159,6 +159,8 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
         "data       " + ", ".join(f"{k}={v}" for k, v in spec.data.items()),
         *([f"           {spec.data_summary}"] if spec.data_summary else []),
         f"budget     {spec.samples} trials, at most {spec.concurrency} at once, {spec.epochs} epochs each",
+        *([f"           first trial: the defaults, " + (", ".join(f"{k}={v}" for k, v in spec.defaults.items())
+                                                    or "the fixed settings")] if spec.defaults is not None else []),
         ("searcher   grid: every combination of the choices once (Ray Tune grid search)" if spec.sampler == "grid"
          else f"searcher   optuna {spec.sampler} (seed {spec.seed}), study stored in {opts.output / 'optuna.db'}"),
     ]
@@ -250,6 +252,8 @@ def _optuna_searcher(spec: StudySpec, opts: RunOptions) -> ConcurrencyLimiter:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([spec.metric])
     existing = len(study.trials)
+    if spec.defaults is not None and existing == 0:  # budget.include_defaults: the first trial
+        study.enqueue_trial(spec.defaults, user_attrs={"wsss.defaults": True})
     # A resumed study must not replay the same suggestions: offset the seed by trials stored.
     sampler = build_sampler(spec.sampler, spec.seed + existing)
     searcher = PrunedAwareOptunaSearch(
@@ -407,7 +411,7 @@ def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
 
     status = "FAILED"
     try:
-        mlflow_cb = MlflowTrialCallback(tracker, parent, spec.trainable_config(), spec.epochs)
+        mlflow_cb = MlflowTrialCallback(tracker, parent, spec.trainable_config(), spec.epochs, defaults=spec.defaults)
         progress = ProgressCallback(spec.samples, spec.metric, spec.mode, spec.epochs, log=log)
         callbacks = [mlflow_cb, progress]
         tune_path = opts.tune_path

@@ -72,12 +72,28 @@ class ParamSpec:
     step: int | None = None
     choices: tuple = ()
     when: tuple[tuple[str, tuple], ...] = ()
+    default: Any = None  # the defaults trial's value; None: the method's default
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in the searched domain.
+
+        Example:
+            >>> p = ParamSpec("train.lr", "loguniform", 1e-3, 1e-1)
+            >>> p.contains(0.01), p.contains(0.5), ParamSpec("c", "categorical", choices=(True,)).contains(False)
+            (True, False, False)
+        """
+        if self.type == "categorical":
+            return value in self.choices and type(value) in {type(c) for c in self.choices}
+        in_range = self.low <= value <= self.high
+        return in_range and (self.type != "int" or (value - self.low) % (self.step or 1) == 0)
 
     def describe(self) -> str:
         """Human-readable range, e.g. ``loguniform [0.001, 0.1]``."""
         cond = ""
         if self.when:
             cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in self.when)
+        if self.default is not None:
+            cond += f" (default {self.default})"
         if self.type == "categorical":
             return f"categorical {list(self.choices)}{cond}"
         step = f" step {self.step}" if self.step else ""
@@ -103,6 +119,7 @@ class StudySpec:
     seed: int
     sampler: str
     max_failures: int
+    defaults: dict | None = None  # budget.include_defaults: the first trial's searched values
     description: str = ""
     document: dict = field(default_factory=dict)
     data_summary: str = ""
@@ -247,6 +264,9 @@ class Budget(Section):
     """Trials in the study."""
     concurrency: PositiveInt = 1
     """Trials at once."""
+    include_defaults: bool = False
+    """The first trial is the method's default configuration (the fixed settings, every searched
+    parameter at its default), so the report can state what the search gained over it."""
 
 
 class Scheduler(Section):
@@ -281,6 +301,9 @@ class Param(Section):
     choices: Annotated[list[Any], Field(min_length=1)] | None = None
     """categorical parameters only."""
     when: dict[str, Any] | None = None
+    default: Any = None
+    """The value of the defaults trial (``budget.include_defaults``) where the study's default
+    differs from the method's (e.g. a learning rate for the optimiser fixed here)."""
 
 
 class StudyDocument(Section):
@@ -368,7 +391,7 @@ def _parse_param(path, name: str, raw: Any, kind_of: str | None, earlier: dict[s
         for extra in ("low", "high", "step"):
             if getattr(body, extra) is not None:
                 raise SpaceError(path, f"{key}.{extra}", getattr(body, extra), "categorical parameters take 'choices' only")
-        return ParamSpec(name, "categorical", choices=tuple(body.choices), when=when)
+        return ParamSpec(name, "categorical", choices=tuple(body.choices), when=when, default=body.default)
     if body.choices is not None:
         raise SpaceError(path, f"{key}.choices", body.choices, f"{body.type} parameters take low/high, not choices")
     if kind_of is None:
@@ -390,7 +413,8 @@ def _parse_param(path, name: str, raw: Any, kind_of: str | None, earlier: dict[s
         raise SpaceError(path, f"{key}.low", low, "must be positive for loguniform")
     if body.step is not None and body.type != "int":
         raise SpaceError(path, f"{key}.step", body.step, "only int parameters take a step")
-    return ParamSpec(name, body.type, low=low, high=high, step=body.step, when=when)
+    default = int(body.default) if body.type == "int" and isinstance(body.default, float) else body.default
+    return ParamSpec(name, body.type, low=low, high=high, step=body.step, when=when, default=default)
 
 
 def _parse_params(path, method, search: dict | None, fixed: dict) -> list[ParamSpec]:
@@ -416,13 +440,31 @@ def _check_searched_values(path, method, base: dict, params: list[ParamSpec]) ->
     other settings fixed): the method's settings validate each one."""
     for p in params:
         values = [("choices", v) for v in p.choices] if p.type == "categorical" else [("low", p.low), ("high", p.high)]
-        for where, v in values:
+        for where, v in values + ([("default", p.default)] if p.default is not None else []):
             try:
                 method.resolve(merge(base, {p.name: v}))
             except ValidationError as e:
                 err = first_problem(e, method.settings)
                 raise SpaceError(path, f"search.{p.name}.{where}", v, err.message
                                  + ("" if err.key == p.name else f" ({err.key})")) from None
+
+
+def _default_point(path, settings: dict, params: list[ParamSpec]) -> dict:
+    """The searched parameters at their defaults: the parameter's ``default`` if given, else the
+    method's (``settings``: the defaults with the fixed settings over them); conditional ones
+    only where their condition holds. A default outside its searched domain is refused: the
+    searcher could not propose it."""
+    values, point = flatten(settings), {}
+    for p in params:
+        if any(ref not in point or point[ref] not in allowed for ref, allowed in p.when):
+            continue
+        value = values[p.name] if p.default is None else p.default
+        if not p.contains(value):
+            key = f"search.{p.name}" + (".default" if p.default is not None else "")
+            raise SpaceError(path, key, value, f"budget.include_defaults: the default lies outside the searched "
+                             f"domain ({p.describe()}); widen it, or give the parameter a 'default:' inside it")
+        point[p.name] = value
+    return point
 
 
 def _absolute_paths(data: dict, fixed: dict) -> None:
@@ -462,6 +504,10 @@ def parse_document(raw: dict, path: str | Path) -> StudySpec:
     _check_searched_values(path, method, base, params)
     if doc.sampler == "grid":
         _check_grid(path, doc, params)
+    defaults = _default_point(path, settings, params) if doc.budget.include_defaults else None
+    if defaults is not None and doc.sampler == "grid":
+        raise SpaceError(path, "budget.include_defaults", True, "the grid runs every combination of its choices; "
+                         "add the defaults to the choices instead")
     epochs = settings["train"]["epochs"]
     if doc.scheduler.type == "asha" and doc.scheduler.grace_period > epochs:
         raise SpaceError(path, "scheduler.grace_period", doc.scheduler.grace_period, f"exceeds train.epochs ({epochs})")
@@ -469,7 +515,8 @@ def parse_document(raw: dict, path: str | Path) -> StudySpec:
         path=str(path), name=doc.name, method=doc.method, data=data, fixed=fixed, params=params,
         samples=doc.budget.samples, concurrency=doc.budget.concurrency, scheduler=doc.scheduler.model_dump(),
         resources=doc.resources.model_dump(), metric=doc.metric, mode=doc.mode, seed=doc.seed,
-        sampler=doc.sampler, max_failures=doc.max_failures, description=doc.description, document=raw)
+        sampler=doc.sampler, max_failures=doc.max_failures, defaults=defaults, description=doc.description,
+        document=raw)
     # Last, as it may read every file of a dataset (cached): the data and the backbone weights.
     try:
         spec.data_summary = check_data_spec(data)

@@ -138,8 +138,10 @@ class StudyTracker:
 class MlflowTrialCallback(Callback):
     """Tune callback that mirrors each trial into a child run of the study's parent run."""
 
-    def __init__(self, tracker: StudyTracker, parent_run_id: str, fixed_config: dict, max_epochs: int):
+    def __init__(self, tracker: StudyTracker, parent_run_id: str, fixed_config: dict, max_epochs: int,
+                 defaults: dict | None = None):
         self.tracker = tracker
+        self.defaults = defaults  # budget.include_defaults: the defaults trial's searched values
         self.parent_run_id = parent_run_id
         self.fixed_params = flatten(fixed_config)
         self.max_epochs = max_epochs
@@ -171,6 +173,8 @@ class MlflowTrialCallback(Callback):
             params = {**self.fixed_params, **searched}
             self.tracker.log_params(run_id, params)
             client.set_tag(run_id, "wsss.searched", ",".join(sorted(searched)))
+            if self.defaults is not None and searched == self.defaults:
+                client.set_tag(run_id, "wsss.defaults", "true")
         self._runs[tid] = run_id
         return run_id
 
