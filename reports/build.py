@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import yaml
 
 from reports.baselines import (PUBLISHED_DATASET, baseline_methods, is_voc, published_per_class,
                                published_summary_lines, together)
+from reports.plots import learning_curves, metric_histories, param_slices
 from reports.selection import best_trial
 
 STATUS_OF_RUN = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "RUNNING": "RUNNING", "KILLED": "KILLED",
@@ -88,6 +91,7 @@ def collect(study_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
             "duration_s": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000.0,
             "error": tags.get("wsss.error", ""),
+            "is_defaults": tags.get("wsss.defaults") == "true",  # budget.include_defaults
         }
         for name, kind in kinds.items():
             row[f"param.{name}"] = _cast(params[name], kind) if name in params else None
@@ -139,7 +143,9 @@ def _param_importance(meta: dict) -> pd.DataFrame | str:
     if len(complete) < 2 or not meta.get("params"):
         return f"needs at least 2 completed trials and a searched parameter ({len(complete)} completed)"
     try:
-        imp = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # PED-ANOVA warns about small studies; the table says what it has
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(study)
     except Exception as e:
         return f"could not be computed: {e}"
     return pd.DataFrame({"parameter": list(imp), "importance": [round(v, 3) for v in imp.values()]})
@@ -147,13 +153,48 @@ def _param_importance(meta: dict) -> pd.DataFrame | str:
 
 def _figures(study_dir: Path, meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame,
              best: dict | None) -> list[Path]:
+    """The report's PNGs under ``figures/``: the best trial's review grids and per-class bars,
+    the optimisation history, the parameter slices and the learning curves."""
+    out = study_dir / "figures"
+    out.mkdir(exist_ok=True)
+    paths = best_trial_grids(meta, best, out)
+    paths += _history_figures(study_dir, meta, trials, per_class, best)
+    if len(trials):
+        paths += [p for p in (param_slices(meta, trials, out / "param_slices.png"),
+                              learning_curves(meta, trials, metric_histories(meta, trials), out / "learning_curves.png"))
+                  if p is not None]
+    return paths
+
+
+def best_trial_grids(meta: dict, best: dict | None, out: Path, prefix: str = "best_trial_") -> list[Path]:
+    """The best trial's review grids (``<prefix>val_grid.png``, ``<prefix>pseudo_labels.png``),
+    rendered from the panel its MLflow run holds (``review/panel.npz``); none if it has none."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from reports.grids import render_panel
+
+    if best is None or not isinstance(best.get("run_id"), str):
+        return []
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for one small file
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            panel = MlflowClient(meta["tracking_uri"]).download_artifacts(best["run_id"], "review/panel.npz", d)
+        except Exception:  # the trial never evaluated, or its grid was not logged
+            return []
+        return render_panel(panel, out, label=f"best trial {best['trial_id']}", prefix=prefix)
+
+
+def _history_figures(study_dir: Path, meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame,
+                     best: dict | None) -> list[Path]:
+    """Per-class IoU bars of the best trial and the optimisation history."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = study_dir / "figures"
-    out.mkdir(exist_ok=True)
     paths = []
     if best is not None:
         pc = per_class[per_class["trial_id"] == best["trial_id"]]
@@ -220,10 +261,13 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
                     importance: pd.DataFrame | str, figures: list[Path], study_dir: Path) -> str:
     """The text of ``report.md``, section by section."""
     dataset = meta.get("dataset", meta.get("data", {}).get("name", "?"))
-    lines = _header_lines(meta, trials, dataset)
+    lines = _header_lines(meta, trials, dataset) + _summary_lines(meta, trials, best)
     if best is None:
         return "\n".join(lines + ["No trial has reported a score yet.", ""])
+    grids = [p for p in figures if p.name.startswith("best_trial_")]
+    figures = [p for p in figures if p not in grids]
     lines += _best_lines(best)
+    lines += _grid_lines(grids, study_dir)
     lines += _per_class_lines(meta, per_class, best, study_dir, dataset)
     lines += _top_lines(trials, meta["mode"])
     lines += _failed_lines(trials)
@@ -236,15 +280,65 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
 def _header_lines(meta: dict, trials: pd.DataFrame, dataset: str) -> list[str]:
     """Title, method, dataset and objective, trial counts by status, and how to open MLflow."""
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    optuna_db = meta.get("optuna_storage", "")  # sqlite:///<study folder>/optuna.db
+    study_folder = Path(optuna_db[len("sqlite:///"):]).parent if optuna_db.startswith("sqlite:///") else "<study folder>"
     return [
         f"# Study report: {meta['name']}",
         "",
         f"- method: `{meta['method']}`; dataset: **{dataset}**; objective: {meta['mode']} `{meta['metric']}`",
         f"- trials recorded: {len(trials)} of {meta.get('samples', '?')} budgeted ("
         + (", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "none") + ")",
-        f"- MLflow: `mlflow ui --backend-store-uri {meta['tracking_uri']}` (experiment `{meta['name']}`)",
+        f"- MLflow: `python -m study.review --study {study_folder}` opens the runs table, every trial with its "
+        f"`{meta['metric']}` (experiment `{meta['name']}` in `{meta['tracking_uri']}`)",
         "",
     ]
+
+
+def _summary_lines(meta: dict, trials: pd.DataFrame, best: dict | None) -> list[str]:
+    """The first paragraph: what was searched, how the trials ended, and the gain of the best
+    trial over the default configuration (``budget.include_defaults``)."""
+    names = [p["name"] for p in meta.get("params", [])]
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    ended = [f"{counts[k]} {word}" for k, word in (("COMPLETE", "completed"), ("PRUNED", "stopped early by ASHA"),
+                                                   ("FAILED", "failed"), ("RUNNING", "still running"),
+                                                   ("KILLED", "interrupted")) if counts.get(k)]
+    searcher = {"tpe": "Optuna's TPE", "random": "random search", "grid": "a grid"}.get(meta.get("sampler"), "Optuna")
+    stops = " with ASHA early stopping" if meta.get("scheduler", {}).get("type") == "asha" else ""
+    text = (f"This study searched {len(names)} parameter{'s' if len(names) != 1 else ''} of `{meta['method']}` "
+            f"({', '.join(f'`{n}`' for n in names) or 'none'}) by {searcher}{stops}: {len(trials)} trials ran, "
+            f"{', '.join(ended) or 'none ended yet'}.")
+    if best is not None:
+        text += f" The best trial `{best['trial_id']}` reached {meta['metric']} {_pct(best['score'])}" + _gain(trials, best)
+    return [text, ""]
+
+
+def _gain(trials: pd.DataFrame, best: dict) -> str:
+    """How the best trial compares with the defaults trial, or how to get that comparison."""
+    defaults = trials[trials["is_defaults"]] if "is_defaults" in trials else trials.iloc[:0]
+    if not len(defaults):
+        return ("; the default configuration was not run (`budget.include_defaults: true` runs it as the first "
+                "trial and states the gain of the search here).")
+    d = defaults.iloc[0]
+    if d["trial_id"] == best["trial_id"]:
+        return ", and that is the default configuration: the search found nothing better."
+    if not math.isfinite(d["score"]):
+        return f"; the default configuration (trial `{d['trial_id']}`) {d['status'].lower()} without a score."
+    partial = (f" (it was stopped early by ASHA after {d['epochs']} epochs, so this is its score then)"
+               if d["status"] == "PRUNED" else "")
+    return (f", {100 * (best['score'] - d['score']):+.1f} points over the default configuration "
+            f"(trial `{d['trial_id']}`: {_pct(d['score'])}{partial}).")
+
+
+def _grid_lines(grids: list[Path], study_dir: Path) -> list[str]:
+    """The best trial's review grids: fixed val images with CAMs and predictions, and the
+    reliable pseudo labels of a few training images."""
+    if not grids:
+        return []
+    return ["### What the best trial's model sees", "",
+            "The same val images in every trial and every method: the image, its ground truth, the CAM of each "
+            "of its classes and the output; for the single-stage model also the reliable pseudo labels of a few "
+            "training images (hatched: ignored). Every trial's grid is in its MLflow run under `review/`.", ""] + [
+        f"![{p.stem}]({p.relative_to(study_dir).as_posix()})" for p in grids] + [""]
 
 
 def _best_lines(best: dict) -> list[str]:

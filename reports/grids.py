@@ -184,9 +184,9 @@ def _title(panel: dict, what: str, label: str = "") -> str:
     return ", ".join(parts)
 
 
-def render_panel(panel_path: str | Path, out_dir: str | Path, label: str = "") -> list[Path]:
-    """``val_grid.png`` (and ``pseudo_labels.png`` when the panel has training images) of a
-    saved panel, written into ``out_dir``; returns the paths."""
+def render_panel(panel_path: str | Path, out_dir: str | Path, label: str = "", prefix: str = "") -> list[Path]:
+    """``<prefix>val_grid.png`` (and ``<prefix>pseudo_labels.png`` when the panel has training
+    images) of a saved panel, written into ``out_dir``; returns the paths."""
     from trainables.evaluation.review import load_panel
 
     panel = load_panel(panel_path)
@@ -195,6 +195,6 @@ def render_panel(panel_path: str | Path, out_dir: str | Path, label: str = "") -
     paths = []
     for name, image in (("val_grid.png", trial_grid(panel, label)), ("pseudo_labels.png", pseudo_grid(panel, label))):
         if image is not None:
-            image.save(out_dir / name, optimize=True)
-            paths.append(out_dir / name)
+            image.save(out_dir / f"{prefix}{name}", optimize=True)
+            paths.append(out_dir / f"{prefix}{name}")
     return paths

@@ -211,6 +211,7 @@ def prepare_output(spec: StudySpec, opts: RunOptions) -> dict:
         "samples": spec.samples,
         "epochs": spec.epochs,
         "scheduler": spec.scheduler,
+        "sampler": spec.sampler,
         "data": spec.data,
         "params": [{"name": p.name, "type": p.type} for p in spec.params],
         "optuna_storage": f"sqlite:///{(out / 'optuna.db').resolve()}",
@@ -451,9 +452,57 @@ def _run_on_ray(spec: StudySpec, opts: RunOptions, log, build_report) -> dict:
 
 
 def _log_report(tracker: StudyTracker, parent: str, report, metric: str) -> None:
-    """The report, its figures and the best score on the parent run."""
-    tracker.client.log_artifact(parent, str(report.markdown))
+    """The study reads from its parent run alone: report.md as the run's description (MLflow
+    renders it as Markdown, figures included), the report and its figures as artifacts, and the
+    best trial's final metrics (val mIoU, per-class IoU, CAM scores) under their own names, so the
+    parent row of the runs table shows them in the trials' columns."""
+    client = tracker.client
+    client.log_artifact(parent, str(report.markdown))
     for png in report.figures:
-        tracker.client.log_artifact(parent, str(png), artifact_path="figures")
-    if report.best is not None:
-        tracker.log_metrics(parent, {f"best/{metric}": report.best["score"]})
+        client.log_artifact(parent, str(png), artifact_path="figures")
+    client.set_tag(parent, "mlflow.note.content", run_note(report.markdown.read_text(), parent))
+    if report.best is None:
+        return
+    best = client.get_run(report.best["run_id"])
+    summary = {k: v for k, v in best.data.metrics.items() if k.startswith(("val/", "train/cam"))}
+    tracker.log_metrics(parent, {**summary, f"best/{metric}": report.best["score"]})
+    client.set_tag(parent, "wsss.best_trial", report.best["trial_id"])
+    client.set_tag(parent, "wsss.best_run_id", report.best["run_id"])
+
+
+NOTE_LIMIT = 8000  # MLflow's limit on a tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
+
+
+def run_note(markdown: str, run_id: str, limit: int = NOTE_LIMIT) -> str:
+    """report.md as a run description: its figure links (``](figures/x.png)``) point at the
+    run's artifacts through the MLflow server's ``get-artifact`` route (relative, so the same
+    note works on ``mlflow ui`` and on a tracking server). When the report is longer than a tag
+    may be, whole sections are left out, the summary, best trial and figures last, and the note
+    names them (the artifact report.md has everything).
+
+    Example:
+        >>> run_note("# R\\n\\n![h](figures/history.png)", "abc")
+        '# R\\n\\n![h](get-artifact?path=figures%2Fhistory.png&run_uuid=abc)'
+        >>> print(run_note("# R\\n## Best trial\\nb\\n## Top trials\\n" + "x" * 300, "abc", limit=250))
+        # R
+        ## Best trial
+        b
+        <BLANKLINE>
+        *Left out here (MLflow's size limit), in the artifact report.md: Top trials.*
+    """
+    import re
+
+    note = re.sub(r"\]\((figures/[^)\s]+\.png)\)",
+                  lambda m: f"](get-artifact?path={m.group(1).replace('/', '%2F')}&run_uuid={run_id})", markdown)
+    if len(note) <= limit:
+        return note
+    sections = re.split(r"\n(?=## )", note)
+    first = [0] + [i for i, sec in enumerate(sections) if sec.startswith(("## Best trial", "## Figures"))]
+    budget, kept = limit - 200, set()
+    for i in first + list(range(len(sections))):
+        if i not in kept and len(sections[i]) + 1 <= budget:
+            kept.add(i)
+            budget -= len(sections[i]) + 1
+    left = [sections[i].splitlines()[0].lstrip("# ") for i in range(len(sections)) if i not in kept]
+    return ("\n".join(sections[i] for i in sorted(kept))
+            + f"\n\n*Left out here (MLflow's size limit), in the artifact report.md: {', '.join(left)}.*")
