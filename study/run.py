@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[wsss-study] report: {report.markdown.resolve()}")
     if report.best is not None:
         print(f"[wsss-study] best trial {report.best['trial_id']}: {spec.metric} = {report.best['score']:.4f}")
-    print(f"[wsss-study] review in MLflow:  mlflow ui --backend-store-uri {opts.tracking}")
+    from study.review import review_hint
+
+    print(f"[wsss-study] review in MLflow:  {review_hint(output)}")  # the runs table, trials listed flat
     return EXIT_OK if summary["errors"] < summary["trials"] else EXIT_ERROR
 
 
