@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -171,19 +170,13 @@ def best_trial_grids(meta: dict, best: dict | None, out: Path, prefix: str = "be
     rendered from the panel its MLflow run holds (``review/panel.npz``); none if it has none."""
     import tempfile
 
-    from mlflow.tracking import MlflowClient
-
-    from reports.grids import render_panel
+    from reports.grids import fetch_panel, render_panel
 
     if best is None or not isinstance(best.get("run_id"), str):
         return []
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for one small file
     with tempfile.TemporaryDirectory() as d:
-        try:
-            panel = MlflowClient(meta["tracking_uri"]).download_artifacts(best["run_id"], "review/panel.npz", d)
-        except Exception:  # the trial never evaluated, or its grid was not logged
-            return []
-        return render_panel(panel, out, label=f"best trial {best['trial_id']}", prefix=prefix)
+        panel = fetch_panel(meta["tracking_uri"], best["run_id"], d)
+        return [] if panel is None else render_panel(panel, out, label=f"best trial {best['trial_id']}", prefix=prefix)
 
 
 def _history_figures(study_dir: Path, meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame,

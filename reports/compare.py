@@ -73,7 +73,7 @@ def _round_history(meta: dict, run_ids: list[str]) -> pd.DataFrame:
 def collect_comparison(compare_dir: Path) -> dict:
     """Everything the report shows, as frames."""
     meta = json.loads((compare_dir / "compare.json").read_text())
-    rows, quality, rounds, classes, dataset, costs = [], [], {}, None, "?", {}
+    rows, quality, rounds, classes, dataset, costs, bests = [], [], {}, None, "?", {}, {}
     for m in meta["methods"]:
         label = method_label(m["method"])
         smeta, trials, per_class = _load(compare_dir / m["search"])
@@ -86,6 +86,7 @@ def collect_comparison(compare_dir: Path) -> dict:
         rows += [{"method": label, "row": "best trial", "class_name": c, "iou": v} for c, v in zip(pc["class_name"], pc["iou"])]
         rows.append({"method": label, "row": "best trial", "class_name": "mIoU", "iou": best["miou"]})
         costs[label] = float(trials["duration_s"].sum())
+        bests[label] = (smeta, best)
         q = {"method": label, "key": m["method"], "best_train_cam_miou": best.get("train_cam_miou", math.nan),
              "best_val_cam_miou": best.get("cam_miou", math.nan), "best_val_miou": best["miou"]}
         seeds_dir = compare_dir / m["seeds"]
@@ -110,7 +111,7 @@ def collect_comparison(compare_dir: Path) -> dict:
                     rounds[label] = hist
         quality.append(q)
     return {"meta": meta, "table": pd.DataFrame(rows), "quality": pd.DataFrame(quality), "rounds": rounds,
-            "classes": classes or [], "dataset": dataset, "costs": costs}
+            "classes": classes or [], "dataset": dataset, "costs": costs, "bests": bests}
 
 
 def _wide(table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -160,7 +161,7 @@ def _figure(wide: pd.DataFrame, out: Path, title: str) -> Path | None:
     return out
 
 
-def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
+def render(data: dict, figure: Path | None, compare_dir: Path, grid: Path | None = None) -> str:
     """The text of ``comparison.md``, section by section."""
     meta, table, classes, dataset = data["meta"], data["table"], data["classes"], data["dataset"]
     lines = _header_lines(meta, dataset)
@@ -177,6 +178,11 @@ def render(data: dict, figure: Path | None, compare_dir: Path) -> str:
         lines += _published_apart_lines(baselines, dataset)
     if figure is not None:
         lines += _figure_lines(figure, compare_dir)
+    if grid is not None:
+        lines += ["## The same val images, method by method", "",
+                  "Each method's best trial at its last evaluation: the output of every method on the same images "
+                  "(each trial's own grid, with its CAMs, is in its MLflow run under `review/`).", "",
+                  f"![review grid]({grid.relative_to(compare_dir).as_posix()})", ""]
     lines += _studies_lines(meta)
     return "\n".join(lines)
 
@@ -303,8 +309,31 @@ def build_comparison(compare_dir: str | Path) -> Path:
     if not data["table"].empty:
         figure = _figure(_wide(data["table"], data["classes"]), compare_dir / "figures" / "per_class_comparison.png",
                          f"{data['meta']['name']} on {data['dataset']}")
+    grid = review_grid(data["bests"], compare_dir / "figures" / "review_grid.png",
+                       f"{data['meta']['name']}: best trial of each method on {data['dataset']} val")
     path = compare_dir / "comparison.md"
-    path.write_text(render(data, figure, compare_dir))
+    path.write_text(render(data, figure, compare_dir, grid))
+    return path
+
+
+def review_grid(bests: dict[str, tuple[dict, dict]], path: Path, title: str) -> Path | None:
+    """One grid of the fixed val images with a column per method (its best trial's output),
+    from the review panels the trials logged to MLflow; None when no method has one."""
+    import tempfile
+
+    from reports.grids import comparison_grid, fetch_panel
+    from trainables.evaluation.review import load_panel
+
+    panels = {}
+    with tempfile.TemporaryDirectory() as d:
+        for k, (label, (meta, best)) in enumerate(bests.items()):
+            local = fetch_panel(meta["tracking_uri"], best["run_id"], f"{d}/{k}")
+            if local is not None:
+                panels[label] = load_panel(local)
+    if not panels:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comparison_grid(panels, title).save(path, optimize=True)
     return path
 
 

@@ -131,6 +131,14 @@ def test_one_command_runs_the_comparison_and_writes_the_report(tmp_path):
     assert ROUNDS and all(f"### {METHODS[m].label} by round" in md for m in ROUNDS)
     assert md.count(" by round (") == len(ROUNDS)
     assert (out / "figures" / "per_class_comparison.png").stat().st_size > 1000
+    # One review grid: the same val images, a column per method (image, ground truth, then the methods).
+    from PIL import Image
+
+    from reports.grids import PAD, TILE
+
+    grid = Image.open(out / "figures" / "review_grid.png")
+    assert grid.width == 110 + (2 + len(METHODS)) * (TILE + PAD) + PAD
+    assert "![review grid](figures/review_grid.png)" in md
     # The single-stage study's own report gets the same-data rows of the baselines, of no other.
     own = (out / "tiny-aal" / "report.md").read_text()
     for name, m in METHODS.items():
