@@ -140,9 +140,15 @@ def experiment_id(meta: dict) -> str:
     """The id of the study's MLflow experiment (named after the study)."""
     from mlflow.tracking import MlflowClient
 
+    from study.endpoints import TrackingUnreachable, check_tracking_uri
+
     uri = meta["tracking_uri"]
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # else MLflow creates it
         raise ReviewError("--study", f"no MLflow store at {uri}")
+    try:  # a server that does not answer fails now, not after MLflow's minutes of retries
+        check_tracking_uri(uri)
+    except TrackingUnreachable as e:
+        raise ReviewError("--study", f"the study's tracking server: {e}") from None
     try:
         exp = MlflowClient(meta["tracking_uri"]).get_experiment_by_name(meta["name"])
     except Exception as e:  # unreachable server, unreadable store
