@@ -254,7 +254,7 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
                     importance: pd.DataFrame | str, figures: list[Path], study_dir: Path) -> str:
     """The text of ``report.md``, section by section."""
     dataset = meta.get("dataset", meta.get("data", {}).get("name", "?"))
-    lines = _header_lines(meta, trials, dataset) + _summary_lines(meta, trials, best)
+    lines = _header_lines(meta, trials, dataset, study_dir) + _summary_lines(meta, trials, best)
     if best is None:
         return "\n".join(lines + ["No trial has reported a score yet.", ""])
     grids = [p for p in figures if p.name.startswith("best_trial_")]
@@ -270,11 +270,10 @@ def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, b
     return "\n".join(lines)
 
 
-def _header_lines(meta: dict, trials: pd.DataFrame, dataset: str) -> list[str]:
+def _header_lines(meta: dict, trials: pd.DataFrame, dataset: str, study_dir: Path) -> list[str]:
     """Title, method, dataset and objective, trial counts by status, and how to open MLflow."""
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    optuna_db = meta.get("optuna_storage", "")  # sqlite:///<study folder>/optuna.db
-    study_folder = Path(optuna_db[len("sqlite:///"):]).parent if optuna_db.startswith("sqlite:///") else "<study folder>"
+    study_folder = study_dir.resolve()
     return [
         f"# Study report: {meta['name']}",
         "",

@@ -135,7 +135,56 @@ def check_parent_page(page, parent: dict, trials: list[dict]) -> None:
              if line.strip("#*_` -") and not any(c in line for c in "[]|<>!")]
     if plain:  # the description (Markdown, rendered): its first line of plain text
         page.get_by_text(plain[0][:40]).first.wait_for(state="visible")
-    # (figures: to be asserted by the parent-run report work)
+    more = page.get_by_text("Show more", exact=True)
+    if more.count():  # MLflow folds a long description
+        more.first.click()
+    page.get_by_text("This study searched", exact=False).first.wait_for(state="visible")  # the first paragraph
+    page.get_by_text("What the best trial's model sees").first.wait_for(state="visible")
+    wanted = ["best_trial_val_grid", "best_trial_pseudo_labels", "per_class_iou", "optimisation_history",
+              "param_slices", "learning_curves"]
+    for name in wanted:  # every figure of the report is in the description, loaded from the run's artifacts
+        img = page.locator(f'img[src*="figures%2F{name}.png"]').first
+        img.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+        assert img.evaluate("img => img.getBoundingClientRect().height") > 100, name
+
+
+def _close_assistant(page) -> None:
+    """Close MLflow's assistant side panel, when it is open, so screenshots show the page."""
+    close = page.locator('button[aria-label="Close"]')
+    if close.count():
+        close.first.click()
+
+
+def _artifact_width(out: Path, run_id: str, path: str) -> int:
+    """The pixel width of a PNG the run logged (what the UI must display)."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as d:
+        return Image.open(MlflowClient(load_study(out)["tracking_uri"]).download_artifacts(run_id, path, d)).width
+
+
+def test_each_trial_run_shows_its_review_grid(review, page, capsys):
+    """A trial's artifacts hold its review grid (fixed val images: image, ground truth, CAMs,
+    output) and, for the single-stage model, the reliable pseudo labels; the UI displays them."""
+    _, base, exp_id, out = review
+    _, trials = _runs(out)
+    for k, t in enumerate(trials):
+        page.goto(run_url(base, exp_id, t["run_id"]).replace("?", "/artifacts/review/val_grid.png?"))
+        page.reload()  # a new hash alone does not always re-render the run page
+        for name in ("val_grid", "pseudo_labels"):
+            page.get_by_text(f"{name}.png", exact=True).first.click()  # the artifact tree
+            page.get_by_text(f"review/{name}.png").first.wait_for(state="visible")
+            width = _artifact_width(out, t["run_id"], f"review/{name}.png")
+            img = page.locator("img[src^='blob:']").first
+            img.wait_for(state="visible")
+            page.wait_for_function(f"img => img.complete && img.naturalWidth == {width}", arg=img.element_handle())
+            if k == 0:
+                _close_assistant(page)
+                assert _screenshot(page, f"trial_{name}", capsys).stat().st_size > 10_000
 
 
 def test_parent_run_page_shows_the_study_run(review, page, capsys):
@@ -143,5 +192,9 @@ def test_parent_run_page_shows_the_study_run(review, page, capsys):
     parent, trials = _runs(out)
     page.goto(run_url(base, exp_id, parent["run_id"]))
     check_parent_page(page, parent, trials)
+    _close_assistant(page)
+    page.locator('img[src*="figures%2Fbest_trial_val_grid.png"]').first.scroll_into_view_if_needed()
+    assert _screenshot(page, "parent_run_report_grid", capsys).stat().st_size > 10_000
+    page.get_by_text(parent["name"], exact=True).first.scroll_into_view_if_needed()
     page.wait_for_timeout(500)  # let late panels (metrics, tags) settle for the screenshot
     assert _screenshot(page, "parent_run", capsys).stat().st_size > 10_000
