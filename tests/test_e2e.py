@@ -83,6 +83,35 @@ def test_mlflow_holds_parent_and_one_child_per_trial(smoke_study):
     assert "train.lr" in params and "pseudo.fg_percentile" in params and params["train.epochs"] == "2"
 
 
+def test_each_trial_logs_its_review_grid_and_the_parent_reads_as_the_study(smoke_study):
+    from mlflow.tracking import MlflowClient
+
+    from study.space import load_spec
+
+    out, _ = smoke_study
+    meta = json.loads((out / "study.json").read_text())
+    client = MlflowClient(meta["tracking_uri"])
+    children = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{meta['parent_run_id']}'", order_by=["start_time ASC"])
+    for run in children:  # every trial: its figure grids and the panel behind them
+        assert {f.path for f in client.list_artifacts(run.info.run_id, "review")} == {
+            "review/val_grid.png", "review/pseudo_labels.png", "review/panel.npz"}
+        assert "wsss.review_error" not in run.data.tags
+    # budget.include_defaults: the first trial ran the defaults, and only it is tagged so
+    defaults = load_spec(ROOT / "search_spaces" / "smoke.yaml").defaults
+    tagged = [r for r in children if r.data.tags.get("wsss.defaults") == "true"]
+    assert len(tagged) == 1 and all(tagged[0].data.params[k] == str(v) for k, v in defaults.items())
+    parent = client.get_run(meta["parent_run_id"])
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("# Study report: smoke") and "This study searched 4 parameters" in note
+    assert f"get-artifact?path=figures%2Fbest_trial_val_grid.png&run_uuid={parent.info.run_id}" in note
+    best = client.get_run(parent.data.tags["wsss.best_run_id"])
+    for key in ("val/miou", "val/iou/background", "val/cam_miou"):  # the best trial's final metrics
+        assert parent.data.metrics[key] == best.data.metrics[key]
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/best_trial_val_grid.png", "figures/param_slices.png", "figures/learning_curves.png"} <= logged
+
+
 def test_report_labels_datasets_and_lists_trials(smoke_study):
     out, _ = smoke_study
     md = (out / "report.md").read_text()
@@ -94,6 +123,12 @@ def test_report_labels_datasets_and_lists_trials(smoke_study):
     # Artifacts (YAML, report, figures) stay inside the study folder, never in ./mlruns.
     assert (out / "mlartifacts").is_dir() and not (ROOT / "mlruns").exists()
     assert "figures/per_class_iou.png" in md and (out / "figures" / "per_class_iou.png").stat().st_size > 1000
+    for name in ("best_trial_val_grid", "best_trial_pseudo_labels", "param_slices", "learning_curves"):
+        assert f"(figures/{name}.png)" in md and (out / "figures" / f"{name}.png").stat().st_size > 1000
+    # The first paragraph: what was searched, how the trials ended, the gain over the defaults trial.
+    first = md.split("\n\n")[2]
+    assert first.startswith("This study searched 4 parameters of `aal`") and "2 trials ran" in first
+    assert "default configuration" in first and "was not run" not in first
     meta = json.loads((out / "study.json").read_text())
     assert meta["class_names"][0] == "background"
 
