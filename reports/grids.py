@@ -193,7 +193,8 @@ def render_panel(panel_path: str | Path, out_dir: str | Path, label: str = "", p
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, image in (("val_grid.png", trial_grid(panel, label)), ("pseudo_labels.png", pseudo_grid(panel, label))):
+    val = trial_grid(panel, label) if panel["val"] else None  # eval.review_images: 0 shows none
+    for name, image in (("val_grid.png", val), ("pseudo_labels.png", pseudo_grid(panel, label))):
         if image is not None:
             image.save(out_dir / f"{prefix}{name}", optimize=True)
             paths.append(out_dir / f"{prefix}{name}")

@@ -218,9 +218,9 @@ REVIEW_DIR = "review"  # the trial folder's and the child run's folder of the fi
 
 
 def log_review(client: MlflowClient, run_id: str, trial) -> list[str]:
-    """The review panel of the trial's last evaluation (``<trial folder>/review/panel.npz`` in
-    the experiment storage: local, NFS or cloud alike), rendered as figure grids
-    (reports/grids.py) and logged with the panel under ``review/`` of the child run. Returns
+    """The review panel of the trial's last evaluation (``<trial folder>/review/`` in the
+    experiment storage: local, NFS or cloud alike), rendered as figure grids (reports/grids.py)
+    and logged with ``panel.npz`` and ``confusion.npz`` under ``review/`` of the child run. Returns
     the logged file names; nothing when the trial never evaluated. Never raises: a missing
     picture must not fail the study."""
     import tempfile
@@ -228,15 +228,16 @@ def log_review(client: MlflowClient, run_id: str, trial) -> list[str]:
     import pyarrow.fs
 
     from reports.grids import render_panel
+    from trainables.evaluation.review import PANEL_FILE
 
     try:
-        fs, src = trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{REVIEW_DIR}/panel.npz"
-        if fs.get_file_info(src).type != pyarrow.fs.FileType.File:
+        fs, src = trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{REVIEW_DIR}"
+        if fs.get_file_info(f"{src}/{PANEL_FILE}").type != pyarrow.fs.FileType.File:
             return []
         with tempfile.TemporaryDirectory() as d:
-            local = Path(d) / "panel.npz"
-            pyarrow.fs.copy_files(src, str(local), source_filesystem=fs)
-            files = [local, *render_panel(local, d, label=f"trial {trial.trial_id}")]
+            pyarrow.fs.copy_files(src, d, source_filesystem=fs)  # panel.npz, confusion.npz
+            files = sorted(Path(d).glob("*.npz"))
+            files += render_panel(Path(d) / PANEL_FILE, d, label=f"trial {trial.trial_id}")
             for f in files:
                 client.log_artifact(run_id, str(f), artifact_path=REVIEW_DIR)
             return [f.name for f in files]

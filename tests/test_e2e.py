@@ -95,7 +95,7 @@ def test_each_trial_logs_its_review_grid_and_the_parent_reads_as_the_study(smoke
                                   f"tags.`mlflow.parentRunId` = '{meta['parent_run_id']}'", order_by=["start_time ASC"])
     for run in children:  # every trial: its figure grids and the panel behind them
         assert {f.path for f in client.list_artifacts(run.info.run_id, "review")} == {
-            "review/val_grid.png", "review/pseudo_labels.png", "review/panel.npz"}
+            "review/val_grid.png", "review/pseudo_labels.png", "review/panel.npz", "review/confusion.npz"}
         assert "wsss.review_error" not in run.data.tags
     # budget.include_defaults: the first trial ran the defaults, and only it is tagged so
     defaults = load_spec(ROOT / "search_spaces" / "smoke.yaml").defaults

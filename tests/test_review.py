@@ -13,7 +13,7 @@ from PIL import Image
 from reports.grids import IGNORE, TILE, colour_mask, comparison_grid, pseudo_grid, render_panel, trial_grid
 from trainables.data.imagefiles import read_mask
 from trainables.data.registry import load_dataset
-from trainables.evaluation.review import load_panel, review_indices
+from trainables.evaluation.review import load_confusions, load_panel, review_indices
 from trainables.loop.reporting import Reporter
 from trainables.loop.train import run
 from trainables.loop.trial import _set_up, load_start_weights
@@ -71,7 +71,7 @@ def test_panel_holds_the_evaluated_output_and_the_cams_of_the_image_classes(meth
         assert panel["train"] == []
 
 
-def test_review_images_zero_writes_no_panel(tmp_path):
+def test_review_images_zero_draws_no_grid_but_keeps_the_confusions(tmp_path):
     cfg = METHODS["cam"].resolve({**TINY, "eval.review_images": 0})
     ds = load_dataset(cfg["data"])
 
@@ -80,7 +80,23 @@ def test_review_images_zero_writes_no_panel(tmp_path):
         yield tmp_path if kind == "review" else None
 
     run(METHODS["cam"].trainer(cfg, ds, _set_up(cfg)), Reporter(), outputs=outputs)
-    assert not (tmp_path / "panel.npz").exists()
+    assert load_panel(tmp_path / "panel.npz")["val"] == []
+    assert [p.name for p in render_panel(tmp_path / "panel.npz", tmp_path / "png")] == []
+    assert load_confusions(tmp_path / "confusion.npz")["output"].shape == (8, ds.num_classes, ds.num_classes)
+
+
+@pytest.mark.parametrize("method, kinds", [("cam", {"output", "cam"}), ("aal", {"output", "cam"})])
+def test_per_image_confusions_sum_to_the_reported_miou(method, kinds, tmp_path):
+    """Every val image's confusion matrix, per kind of mask: their sum gives the mIoU the
+    evaluation reported (the output's val/miou, the CAM masks' val/cam_miou)."""
+    from trainables.evaluation.metrics import mean_iou
+
+    _, ds, history, _ = _train_with_panel(method, tmp_path)
+    conf = load_confusions(tmp_path / "review" / "confusion.npz")
+    assert set(conf) - {"ids", "class_names"} == kinds and conf["ids"] == [str(i) for i in ds.val.ids]
+    assert mean_iou(conf["output"].sum(0)) == pytest.approx(history[-1]["val/miou"])
+    assert mean_iou(conf["cam"].sum(0)) == pytest.approx(history[-1]["val/cam_miou"])
+    assert (conf["output"].sum(axis=(1, 2)) == [(np.asarray(m) != IGNORE).sum() for m in ds.val.masks]).all()
 
 
 def _panel(pred: np.ndarray, train: bool = True) -> dict:

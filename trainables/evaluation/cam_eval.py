@@ -65,7 +65,7 @@ CamFn = Callable[[torch.Tensor], torch.Tensor]
 def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: torch.device,
                   save_dir: Path | None = None, bind: Callable[[str, list[int]], CamFn] | None = None,
                   observe: Callable[[str, list[int], torch.Tensor], None] | None = None,
-                  panel=None) -> dict:
+                  panel=None, cams_are_output: bool = True) -> dict:
     """Choose t on train, apply it to val; ``cam_fn`` maps a normalised image batch to raw CAMs
     (B, C_fg, h, w). Multi-scale (``cam.scales``) and ``eval.flip`` as configured. With
     ``save_dir``, each val mask (after the CRF, if any) is written there as a VOC-palette PNG.
@@ -74,7 +74,9 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
     paired with) passes ``bind(split, indices)``, which returns the ``cam_fn`` of one batch.
     ``observe(split, indices, cams)`` sees every batch's normalised CAMs at image size
     (MCIS builds its saliency pseudo masks from them without a second pass). A ``panel``
-    (evaluation/review.py) keeps the val CAMs and final masks of its images."""
+    (evaluation/review.py) keeps the val CAMs of its images and every val image's confusion
+    matrices (``cam``, ``cam_crf``); with ``cams_are_output`` (the CAM methods) the final masks
+    are the method's output (kind ``output``, and the panel's pictures)."""
     e = cfg["eval"]
     scales, flip, bs = cfg["cam"]["scales"], bool(e["flip"]), int(e["batch_size"])
     metrics: dict = {}
@@ -103,11 +105,17 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
             observe("val", idx, cams)
         masks = cam_masks(cams, [t])[0]
         conf += confusion_matrix(masks, gt, ds.num_classes)
+        if panel is not None:
+            panel.count("cam", idx, masks, gt)
         if crf is not None:
             masks = refined_cam_masks([ds.val.images[i] for i in idx], cams, labels, t, crf)
             conf_crf += confusion_matrix(masks, gt.to(masks.device), ds.num_classes)
+            if panel is not None:
+                panel.count("cam_crf", idx, masks, gt)
         if panel is not None:
-            panel.capture(idx, cams=cams, pred=masks)
+            panel.capture(idx, cams=cams, pred=masks if cams_are_output else None)
+            if cams_are_output:
+                panel.count("output", idx, masks, gt)
         if save_dir is not None:
             for j, i in enumerate(idx):
                 write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", np.asarray(masks[j].cpu() if

@@ -24,12 +24,28 @@ def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.
         >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 255]), 2).tolist()
         [[1, 0], [0, 1]]
     """
-    pred = torch.as_tensor(pred).reshape(-1).long()
-    target = torch.as_tensor(target).reshape(-1).long()
-    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
-    idx = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
-    counts = torch.bincount(idx, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+    pred, target = torch.as_tensor(pred).reshape(1, -1), torch.as_tensor(target).reshape(1, -1)
+    return per_image_confusion(pred, target, num_classes, ignore_index)[0]
+
+
+def per_image_confusion(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
+                        num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """One confusion matrix per image of a batch (B, ...) of predictions and targets: (B, n, n)
+    int64, rows = ground truth. Their sum is the batch's :func:`confusion_matrix`; kept per image,
+    they let reports resample the images (reports/bootstrap.py).
+
+    Example:
+        >>> per_image_confusion(np.array([[0, 1], [1, 1]]), np.array([[0, 0], [1, 255]]), 2).tolist()
+        [[[1, 1], [0, 0]], [[0, 0], [0, 1]]]
+    """
+    pred = torch.as_tensor(pred).reshape(len(pred), -1).long()
+    target = torch.as_tensor(target, device=pred.device).reshape(len(pred), -1).long()
+    n, b = num_classes, len(pred)
+    keep = (target != ignore_index) & (target >= 0) & (target < n)
+    image = torch.arange(b, device=pred.device)[:, None].expand_as(target)
+    idx = (image * n + target) * n + pred.clamp(0, n - 1)
+    counts = torch.bincount(idx[keep], minlength=b * n * n)
+    return counts.reshape(b, n, n).cpu().numpy().astype(np.int64)
 
 
 def per_class_iou(conf: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""What a researcher looks at first: the same few images in every trial and every method, with
-their CAMs and the method's output (issue 16). A :class:`ReviewPanel` is filled during the
-evaluation (``evaluate_cams`` and the single-stage ``evaluate`` hand it what they compute for
-its images; nothing runs twice) and saved as one compressed ``panel.npz`` that the study driver
-renders (``reports/grids.py``) and logs to the trial's MLflow run.
+"""What an evaluation leaves for the reports: the same few images in every trial and every
+method, with their CAMs and the method's output (``panel.npz``, drawn by ``reports/grids.py``),
+and one confusion matrix per val image of each kind of mask (``confusion.npz``, resampled by
+``reports/bootstrap.py`` for confidence intervals). A :class:`ReviewPanel` is filled during the
+evaluation (``evaluate_cams`` and the single-stage ``evaluate`` hand it what they compute;
+nothing runs twice); the study driver logs both files to the trial's MLflow run.
 
 The images are chosen from the dataset alone (:func:`review_indices`), so every trial of every
 method in a comparison shows the same ones. Arrays are stored small: images and masks resized
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.evaluation.metrics import per_image_confusion
+
 MAX_SIDE = 192
+PANEL_FILE, CONFUSION_FILE = "panel.npz", "confusion.npz"
 
 
 def review_indices(labels: np.ndarray, count: int, seed: int = 0) -> list[int]:
@@ -69,6 +73,16 @@ class ReviewPanel:
         self.val = review_indices(ds.val.labels, count)
         self.train = review_indices(ds.train.labels, train_count) if train_count else []
         self.arrays: dict[str, np.ndarray] = {}
+        self.confusions: dict[str, np.ndarray] = {}  # kind -> (N_val, n, n) per-image counts
+
+    def count(self, kind: str, indices, pred, gt) -> None:
+        """Per-image confusion matrices of a val batch for one kind of mask: ``output`` (what the
+        method is scored by), ``cam`` (the CAM masks at the train-chosen threshold), ``cam_crf``."""
+        if gt is None:
+            return
+        n = self.ds.num_classes
+        table = self.confusions.setdefault(kind, np.zeros((len(self.ds.val), n, n), dtype=np.int32))
+        table[np.asarray(list(indices), dtype=np.int64)] = per_image_confusion(pred, gt, n)
 
     def wanted(self, indices) -> list[tuple[int, int]]:
         """(position in ``indices``, position in the panel) of the val images the panel shows."""
@@ -96,8 +110,12 @@ class ReviewPanel:
         """The reliable pseudo label (H, W) of the panel's ``k``-th training image."""
         self.arrays[f"train{k}_pseudo"] = _small(pseudo.to(torch.uint8), True)
 
-    def save(self, path: str | Path, **info) -> Path:
-        """Write ``panel.npz``: what was captured, the images, their ground truth and ``info``."""
+    def save(self, folder: str | Path, **info) -> list[Path]:
+        """Write ``panel.npz`` (what was captured, the images, their ground truth and ``info``)
+        and, when masks were counted, ``confusion.npz`` (val image ids and one (N, n, n) array per
+        kind) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         data = dict(self.arrays)
         for prefix, split, chosen in (("val", self.ds.val, self.val), ("train", self.ds.train, self.train)):
             for k, i in enumerate(chosen):
@@ -109,10 +127,21 @@ class ReviewPanel:
         data["dataset"] = np.array(str(self.ds.name))
         for key, value in info.items():
             data[f"info_{key}"] = np.array(value)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **data)
-        return path
+        np.savez_compressed(folder / PANEL_FILE, **data)
+        paths = [folder / PANEL_FILE]
+        if self.confusions:
+            np.savez_compressed(folder / CONFUSION_FILE, ids=np.array([str(i) for i in self.ds.val.ids]),
+                                class_names=np.array(self.ds.class_names), **self.confusions)
+            paths.append(folder / CONFUSION_FILE)
+        return paths
+
+
+def load_confusions(path: str | Path) -> dict:
+    """A saved ``confusion.npz``: ``{"ids": [...], "class_names": [...], <kind>: (N, n, n) int64}``."""
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k].astype(np.int64) for k in z.files if k not in ("ids", "class_names")}
+        out["ids"], out["class_names"] = [str(i) for i in z["ids"]], [str(c) for c in z["class_names"]]
+    return out
 
 
 def load_panel(path: str | Path) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -142,11 +141,11 @@ class Trainer:
     panel = None  # the ReviewPanel of the evaluation running now (evaluation/review.py), or None
 
     def new_panel(self):
-        """The review panel of one evaluation (``eval.review_images`` val images), or None."""
+        """The review panel of one evaluation: ``eval.review_images`` val images (0: none) and
+        the per-image confusion matrices of every val image."""
         from trainables.evaluation.review import ReviewPanel
 
-        count = int(self.cfg["eval"]["review_images"])
-        return ReviewPanel(self.ds, count) if count else None
+        return ReviewPanel(self.ds, int(self.cfg["eval"]["review_images"]))
 
     def review(self, net: Callable, panel) -> None:
         """After :meth:`evaluate`: add what the evaluation did not compute to ``panel`` (e.g. the
@@ -274,13 +273,13 @@ def _epoch(trainer: Trainer, model: nn.Module, optimizer, rng: np.random.Generat
 
 
 def _save_review(trainer: Trainer, net: Callable, folder, metrics: dict) -> None:
-    """The evaluation's review panel, completed by the method, as ``folder/panel.npz`` (the
-    study driver renders it and logs it to the trial's MLflow run)."""
+    """The evaluation's review panel, completed by the method, saved into ``folder`` (the study
+    driver renders it and logs it to the trial's MLflow run)."""
     panel, trainer.panel = trainer.panel, None
     if panel is None or folder is None:
         return
     trainer.review(net, panel)
-    panel.save(Path(folder) / "panel.npz", epoch=int(metrics["epoch"]),
+    panel.save(folder, epoch=int(metrics["epoch"]),
                **{k.replace("/", "_"): float(v) for k, v in metrics.items()
                   if k in ("val/miou", "val/cam_miou", "train/cam_threshold")})
 

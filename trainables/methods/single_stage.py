@@ -279,6 +279,7 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
         conf += confusion_matrix(pred, gt, ds.num_classes)
         if panel is not None:
             panel.capture(chunk, pred=pred)
+            panel.count("output", chunk, pred, gt)
         if save_dir is not None:
             for j, i in enumerate(chunk):
                 write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", pred[j].to(torch.uint8).cpu().numpy())
@@ -289,7 +290,8 @@ def evaluate(model: SingleStageNet, ds: SegmentationDataset, cfg: dict, device: 
         if np.isfinite(v):  # a class absent from GT and prediction has no IoU (metrics.py)
             metrics[f"val/iou/{name}"] = float(v)
     if cfg["eval"]["cam_quality"]:
-        metrics.update(evaluate_cams(lambda z: net(z)["cam_raw"], ds, {**cfg, "eval": {**cfg["eval"], "crf": False}}, device))
+        metrics.update(evaluate_cams(lambda z: net(z)["cam_raw"], ds, {**cfg, "eval": {**cfg["eval"], "crf": False}},
+                                     device, panel=panel, cams_are_output=False))
     model.train()
     return metrics
 
@@ -392,7 +394,7 @@ class SingleStageTrainer(Trainer):
 
     def new_panel(self):
         panel = super().new_panel()
-        if panel is not None and self.weak:
+        if self.weak:
             panel.train = review_indices(self.ds.train.labels, int(self.cfg["eval"]["review_pseudo_images"]))
         return panel
 
