@@ -170,12 +170,14 @@ def best_trial_grids(meta: dict, best: dict | None, out: Path, prefix: str = "be
     rendered from the panel its MLflow run holds (``review/panel.npz``); none if it has none."""
     import tempfile
 
-    from reports.grids import fetch_panel, render_panel
+    from reports.grids import render_panel
+    from reports.records import fetch_review_file
+    from trainables.evaluation.review import PANEL_FILE
 
     if best is None or not isinstance(best.get("run_id"), str):
         return []
     with tempfile.TemporaryDirectory() as d:
-        panel = fetch_panel(meta["tracking_uri"], best["run_id"], d)
+        panel = fetch_review_file(meta["tracking_uri"], best["run_id"], PANEL_FILE, d)
         return [] if panel is None else render_panel(panel, out, label=f"best trial {best['trial_id']}", prefix=prefix)
 
 
@@ -251,10 +253,11 @@ def same_data_rows(study_dir: Path, meta: dict, classes: list[str], split_label:
 
 
 def render_markdown(meta: dict, trials: pd.DataFrame, per_class: pd.DataFrame, best: dict | None,
-                    importance: pd.DataFrame | str, figures: list[Path], study_dir: Path) -> str:
-    """The text of ``report.md``, section by section."""
+                    importance: pd.DataFrame | str, figures: list[Path], study_dir: Path, gain=None) -> str:
+    """The text of ``report.md``, section by section; ``gain``: the best-minus-defaults
+    (estimate, low, high) of :func:`objective_difference`, or None."""
     dataset = meta.get("dataset", meta.get("data", {}).get("name", "?"))
-    lines = _header_lines(meta, trials, dataset, study_dir) + _summary_lines(meta, trials, best)
+    lines = _header_lines(meta, trials, dataset, study_dir) + _summary_lines(meta, trials, best, gain)
     if best is None:
         return "\n".join(lines + ["No trial has reported a score yet.", ""])
     grids = [p for p in figures if p.name.startswith("best_trial_")]
@@ -286,7 +289,7 @@ def _header_lines(meta: dict, trials: pd.DataFrame, dataset: str, study_dir: Pat
     ]
 
 
-def _summary_lines(meta: dict, trials: pd.DataFrame, best: dict | None) -> list[str]:
+def _summary_lines(meta: dict, trials: pd.DataFrame, best: dict | None, gain=None) -> list[str]:
     """The first paragraph: what was searched, how the trials ended, and the gain of the best
     trial over the default configuration (``budget.include_defaults``)."""
     names = [p["name"] for p in meta.get("params", [])]
@@ -300,25 +303,56 @@ def _summary_lines(meta: dict, trials: pd.DataFrame, best: dict | None) -> list[
             f"({', '.join(f'`{n}`' for n in names) or 'none'}) by {searcher}{stops}: {len(trials)} trials ran, "
             f"{', '.join(ended) or 'none ended yet'}.")
     if best is not None:
-        text += f" The best trial `{best['trial_id']}` reached {meta['metric']} {_pct(best['score'])}" + _gain(trials, best)
+        text += (f" The best trial `{best['trial_id']}` reached {meta['metric']} {_pct(best['score'])}"
+                 + _gain(meta, trials, best, gain))
     return [text, ""]
 
 
-def _gain(trials: pd.DataFrame, best: dict) -> str:
-    """How the best trial compares with the defaults trial, or how to get that comparison."""
-    defaults = trials[trials["is_defaults"]] if "is_defaults" in trials else trials.iloc[:0]
-    if not len(defaults):
+def defaults_trial(trials: pd.DataFrame) -> dict | None:
+    """The study's defaults trial (``budget.include_defaults``) as a dict, or None."""
+    rows = trials[trials["is_defaults"].astype(bool)] if "is_defaults" in trials else trials.iloc[:0]
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+def objective_difference(meta: dict, run_a: str, run_b: str):
+    """The paired bootstrap (reports/bootstrap.py) of the objective between two trial runs of
+    the study, from their per-image confusion matrices: (estimate, low, high) as fractions, or
+    None when a run recorded none. ``val/miou`` and ``val/iou/<class>`` are the output's,
+    ``val/cam_miou`` the CAM masks'."""
+    from reports.bootstrap import paired_bootstrap
+    from reports.records import run_confusions
+
+    metric = meta["metric"]
+    kind = "cam" if metric == "val/cam_miou" else "output"
+    a, b = (run_confusions(meta["tracking_uri"], r) for r in (run_a, run_b))
+    if a is None or b is None or kind not in a or kind not in b or a["ids"] != b["ids"]:
+        return None
+    d = paired_bootstrap(a[kind], b[kind], a["class_names"])
+    names = [*a["class_names"], "mIoU"]
+    k = names.index(metric.split("/", 2)[2]) if metric.startswith("val/iou/") else len(names) - 1
+    return float(d.estimate[k]), float(d.low[k]), float(d.high[k])
+
+
+def _gain(meta: dict, trials: pd.DataFrame, best: dict, interval) -> str:
+    """How the best trial compares with the defaults trial (with the difference's 95 % interval
+    when both recorded per-image confusions), or how to get that comparison."""
+    d = defaults_trial(trials)
+    if d is None:
         return ("; the default configuration was not run (`budget.include_defaults: true` runs it as the first "
                 "trial and states the gain of the search here).")
-    d = defaults.iloc[0]
     if d["trial_id"] == best["trial_id"]:
         return ", and that is the default configuration: the search found nothing better."
     if not math.isfinite(d["score"]):
         return f"; the default configuration (trial `{d['trial_id']}`) {d['status'].lower()} without a score."
-    partial = (f" (it was stopped early by ASHA after {d['epochs']} epochs, so this is its score then)"
+    partial = (f"; it was stopped early by ASHA after {d['epochs']} epochs, so this is its score then"
                if d["status"] == "PRUNED" else "")
-    return (f", {100 * (best['score'] - d['score']):+.1f} points over the default configuration "
-            f"(trial `{d['trial_id']}`: {_pct(d['score'])}{partial}).")
+    text = f", {100 * (best['score'] - d['score']):+.1f} points over the default configuration"
+    if interval is not None:
+        _, low, high = interval
+        verdict = "larger than the noise" if low > 0 or high < 0 else "not resolved: the interval includes 0"
+        text += (f" (95 % interval {100 * low:+.1f} to {100 * high:+.1f}, paired bootstrap over the val images: "
+                 f"{verdict})")
+    return text + f" (trial `{d['trial_id']}`: {_pct(d['score'])}{partial})."
 
 
 def _grid_lines(grids: list[Path], study_dir: Path) -> list[str]:
@@ -435,7 +469,10 @@ def build_report(study_dir: str | Path) -> Report:
     per_class.to_parquet(study_dir / "per_class.parquet", index=False)
     best = best_trial(trials, meta["mode"])
     figures = _figures(study_dir, meta, trials, per_class, best)
-    md = render_markdown(meta, trials, per_class, best, _param_importance(meta), figures, study_dir)
+    d = defaults_trial(trials)
+    gain = (objective_difference(meta, best["run_id"], d["run_id"])
+            if best is not None and d is not None and d["trial_id"] != best["trial_id"] else None)
+    md = render_markdown(meta, trials, per_class, best, _param_importance(meta), figures, study_dir, gain)
     path = study_dir / "report.md"
     path.write_text(md)
     return Report(markdown=path, trials=trials, per_class=per_class, best=best, figures=figures)

@@ -321,13 +321,14 @@ def review_grid(bests: dict[str, tuple[dict, dict]], path: Path, title: str) -> 
     from the review panels the trials logged to MLflow; None when no method has one."""
     import tempfile
 
-    from reports.grids import comparison_grid, fetch_panel
-    from trainables.evaluation.review import load_panel
+    from reports.grids import comparison_grid
+    from reports.records import fetch_review_file
+    from trainables.evaluation.review import PANEL_FILE, load_panel
 
     panels = {}
     with tempfile.TemporaryDirectory() as d:
         for k, (label, (meta, best)) in enumerate(bests.items()):
-            local = fetch_panel(meta["tracking_uri"], best["run_id"], f"{d}/{k}")
+            local = fetch_review_file(meta["tracking_uri"], best["run_id"], PANEL_FILE, f"{d}/{k}")
             if local is not None:
                 panels[label] = load_panel(local)
     if not panels:

@@ -200,17 +200,3 @@ def render_panel(panel_path: str | Path, out_dir: str | Path, label: str = "", p
             paths.append(out_dir / f"{prefix}{name}")
     return paths
 
-
-def fetch_panel(tracking_uri: str, run_id: str, folder: str | Path) -> Path | None:
-    """Download a trial run's ``review/panel.npz`` into ``folder``; None if the run has none
-    (the trial never evaluated, or ran with ``eval.review_images: 0``)."""
-    import os
-
-    from mlflow.tracking import MlflowClient
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for one small file
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    try:
-        return Path(MlflowClient(tracking_uri).download_artifacts(run_id, "review/panel.npz", str(folder)))
-    except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
-        return None
