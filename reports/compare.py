@@ -25,6 +25,8 @@ import pandas as pd
 
 from reports.baselines import (DATA_DIR, PUBLISHED_DATASET, baseline_methods, is_voc, method_label,
                                published_per_class, published_summary_lines, together)
+from reports.bootstrap import paired_bootstrap
+from reports.records import run_confusions, stacked
 from reports.selection import best_trial
 
 
@@ -73,7 +75,7 @@ def _round_history(meta: dict, run_ids: list[str]) -> pd.DataFrame:
 def collect_comparison(compare_dir: Path) -> dict:
     """Everything the report shows, as frames."""
     meta = json.loads((compare_dir / "compare.json").read_text())
-    rows, quality, rounds, classes, dataset, costs, bests = [], [], {}, None, "?", {}, {}
+    rows, quality, rounds, classes, dataset, costs, bests, records = [], [], {}, None, "?", {}, {}, {}
     for m in meta["methods"]:
         label = method_label(m["method"])
         smeta, trials, per_class = _load(compare_dir / m["search"])
@@ -87,6 +89,7 @@ def collect_comparison(compare_dir: Path) -> dict:
         rows.append({"method": label, "row": "best trial", "class_name": "mIoU", "iou": best["miou"]})
         costs[label] = float(trials["duration_s"].sum())
         bests[label] = (smeta, best)
+        records[label] = _records(smeta, trials, best)
         q = {"method": label, "key": m["method"], "best_train_cam_miou": best.get("train_cam_miou", math.nan),
              "best_val_cam_miou": best.get("cam_miou", math.nan), "best_val_miou": best["miou"]}
         seeds_dir = compare_dir / m["seeds"]
@@ -106,12 +109,63 @@ def collect_comparison(compare_dir: Path) -> dict:
                           "val_cam_miou_std": ok["cam_miou"].std(), "val_miou": ok["miou"].mean(),
                           "val_miou_std": ok["miou"].std(), "cam_threshold": ok["cam_threshold"].mean(),
                           "trial_s": ok["duration_s"].mean()})
+                records[label]["seeds"] = [run_confusions(kmeta["tracking_uri"], r) for r in ok["run_id"]]
                 hist = _round_history(kmeta, list(ok["run_id"]))
                 if not hist.empty:
                     rounds[label] = hist
         quality.append(q)
     return {"meta": meta, "table": pd.DataFrame(rows), "quality": pd.DataFrame(quality), "rounds": rounds,
-            "classes": classes or [], "dataset": dataset, "costs": costs, "bests": bests}
+            "classes": classes or [], "dataset": dataset, "costs": costs, "bests": bests,
+            "differences": differences(records, classes or [])}
+
+
+def _records(meta: dict, trials: pd.DataFrame, best: dict) -> dict:
+    """A method's per-image confusion matrices: its best trial's, its defaults trial's (when the
+    study ran it and it is not the best) and, filled in later, its seed runs'."""
+    from reports.build import defaults_trial
+
+    d = defaults_trial(trials)
+    defaults = d is not None and d["trial_id"] != best["trial_id"]
+    return {"best": run_confusions(meta["tracking_uri"], best["run_id"]), "seeds": [],
+            "defaults": run_confusions(meta["tracking_uri"], d["run_id"]) if defaults else None}
+
+
+def _side(record: dict, kind: str) -> np.ndarray | None:
+    """(S, N, n, n) of one kind of mask: the seed runs, else the best trial alone."""
+    seeds = stacked(record["seeds"], kind)
+    return seeds if seeds is not None else stacked([record["best"]], kind)
+
+
+def differences(records: dict[str, dict], classes: list[str]) -> pd.DataFrame:
+    """Paired-bootstrap differences (reports/bootstrap.py), one row per class and mIoU: every pair
+    of methods on their output (``difference``) and on their CAM masks (``CAM difference``), A the
+    earlier in the table's order, over val images and seeds; and each method's best trial against
+    its defaults trial (``tuning gain``, versus ``defaults``)."""
+    rows, labels = [], list(records)
+    for row, kind in (("difference", "output"), ("CAM difference", "cam")):
+        for i, a in enumerate(labels):
+            for b in labels[i + 1:]:
+                sa, sb = _side(records[a], kind), _side(records[b], kind)
+                if sa is not None and sb is not None and sa.shape[1:] == sb.shape[1:]:
+                    d = paired_bootstrap(sa, sb, classes)
+                    rows += [{"method": a, "versus": b, "row": row, **r} for r in d.rows()]
+    for label, rec in records.items():
+        best, base = stacked([rec["best"]], "output"), stacked([rec["defaults"]], "output")
+        if best is not None and base is not None and best.shape == base.shape:
+            rows += [{"method": label, "versus": "defaults", "row": "tuning gain", **r}
+                     for r in paired_bootstrap(best, base, classes).rows()]
+    return pd.DataFrame(rows, columns=["method", "versus", "row", "class_name", "delta", "low", "high", "resolved"])
+
+
+def lookup(diffs: pd.DataFrame, a: str, b: str, row: str = "difference") -> pd.DataFrame:
+    """A − B per class (indexed by class_name), from either orientation of the pair."""
+    if diffs.empty:
+        return diffs
+    d = diffs[(diffs["row"] == row) & (diffs["method"] == a) & (diffs["versus"] == b)]
+    if len(d):
+        return d.set_index("class_name")
+    d = diffs[(diffs["row"] == row) & (diffs["method"] == b) & (diffs["versus"] == a)].set_index("class_name")
+    return d.assign(delta=-d["delta"], low=-d["high"], high=-d["low"])
 
 
 def _wide(table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -169,10 +223,13 @@ def render(data: dict, figure: Path | None, compare_dir: Path, grid: Path | None
         return "\n".join(lines + ["No method has a scored trial yet.", ""])
     wide, voc = _wide(table, classes), is_voc(classes)
     baselines = [b.label for b in baseline_methods().values()]
+    diffs = data.get("differences", pd.DataFrame())
     lines += _per_class_lines(wide, classes, len(meta["seeds"]), voc)
-    lines += _delta_lines(wide, baselines)
+    lines += _delta_lines(wide, baselines, diffs)
+    lines += _interval_lines(diffs, classes)
+    lines += _tuning_lines(diffs)
     lines += _quality_lines(data["quality"], data["costs"])
-    lines += _ordering_lines(data["quality"])
+    lines += _ordering_lines(data["quality"], diffs)
     lines += _round_lines(data["rounds"])
     if not voc:
         lines += _published_apart_lines(baselines, dataset)
@@ -218,15 +275,63 @@ def _per_class_lines(wide: pd.DataFrame, classes: list[str], n_seeds: int, voc: 
 
 
 
-def _delta_lines(wide: pd.DataFrame, baselines: list[str]) -> list[str]:
-    """One table per baseline: each method's seed-mean IoU minus the baseline's, per class."""
+def _delta_lines(wide: pd.DataFrame, baselines: list[str], diffs: pd.DataFrame) -> list[str]:
+    """One table per baseline: each method's seed-mean IoU minus the baseline's, per class; a
+    star marks a difference whose 95 % interval excludes 0."""
     lines = []
     for ref in baselines:
         d = _deltas(wide, ref)
-        if not d.empty:
-            lines += [f"### Δ against {ref} (seed means, percentage points)", "",
-                      d.round(1).reset_index(names="method").to_markdown(index=False, floatfmt="+.1f"), ""]
+        if d.empty:
+            continue
+        cells = d.copy().astype(object)
+        for m in d.index:
+            resolved = lookup(diffs, m, ref)["resolved"] if len(diffs) else pd.Series(dtype=bool)
+            for c in d.columns:
+                star = "*" if bool(resolved.get(c, False)) else ""
+                cells.loc[m, c] = "" if not np.isfinite(d.loc[m, c]) else f"{d.loc[m, c]:+.1f}{star}"
+        lines += [f"### Δ against {ref} (seed means, percentage points)", "",
+                  cells.reset_index(names="method").to_markdown(index=False), "",
+                  "\\* the 95 % interval of the difference excludes 0 (paired bootstrap over val images and seeds, "
+                  "next section); an unmarked difference is within the noise at this budget.", ""]
     return lines
+
+
+def _interval(r) -> str:
+    """``+3.2 [+1.0, +5.1]`` in percentage points, bold when the interval excludes 0."""
+    if not np.isfinite(r["delta"]):
+        return ""
+    text = f"{100 * r['delta']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
+    return f"**{text}**" if r["resolved"] else text
+
+
+def _interval_lines(diffs: pd.DataFrame, classes: list[str]) -> list[str]:
+    """Every pair of methods: the difference of their outputs per class and in mIoU with its 95 %
+    interval (bold: resolved, the interval excludes 0)."""
+    d = diffs[diffs["row"] == "difference"] if len(diffs) else diffs
+    if d.empty:
+        return []
+    cols = ["mIoU"] + [c for c in classes if c in set(d["class_name"])]
+    table = [{"A − B": f"{a} − {b}", **{c: _interval(g.set_index("class_name").loc[c]) for c in cols}}
+             for (a, b), g in d.groupby(["method", "versus"], sort=False)]
+    return ["## Differences with 95 % intervals", "",
+            "A − B in percentage points with the 95 % interval of a paired bootstrap (2000 replicates) over the "
+            "val images and, where a method has several seed runs, over its seeds (reports/bootstrap.py). "
+            "**Bold**: the interval excludes 0, so the difference is larger than the noise at this budget.", "",
+            pd.DataFrame(table).to_markdown(index=False), ""]
+
+
+def _tuning_lines(diffs: pd.DataFrame) -> list[str]:
+    """Each method's best trial against its defaults trial (``budget.include_defaults``)."""
+    d = diffs[(diffs["row"] == "tuning gain") & (diffs["class_name"] == "mIoU")] if len(diffs) else diffs
+    if d.empty:
+        return []
+    rows = [{"method": r["method"], "best − defaults, mIoU (95 % interval)": _interval(r),
+             "the search paid": "yes" if r["resolved"] and r["delta"] > 0 else
+             ("no: the defaults were better" if r["resolved"] else "not resolved at this budget")}
+            for _, r in d.iterrows()]
+    return ["## Tuning gain: the best trial against the default configuration", "",
+            "Each search study ran the method's defaults as its first trial; the gain of its best trial, paired "
+            "bootstrap over the val images (one run each).", "", pd.DataFrame(rows).to_markdown(index=False), ""]
 
 
 def _quality_lines(quality: pd.DataFrame, costs: dict) -> list[str]:
@@ -245,22 +350,29 @@ def _quality_lines(quality: pd.DataFrame, costs: dict) -> list[str]:
     return lines + [pd.DataFrame(qrows).to_markdown(index=False), ""]
 
 
-def _ordering_lines(quality: pd.DataFrame) -> list[str]:
-    """The registry's published orderings of CAM quality, each checked against this run's train CAM mIoU."""
+def _ordering_lines(quality: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
+    """The registry's published orderings of CAM quality, each checked here with the 95 %
+    interval of the difference of the two methods' val CAM masks (over val images and seeds)."""
     pub_q = pd.read_csv(DATA_DIR / "voc12_cam_quality.csv")
     pub_val = {r["method"]: r["value"] for _, r in pub_q[pub_q["split"] == "train"].iterrows()}
     q_by = {r["method"]: r for _, r in quality.iterrows()}
-    lines = ["### Published orderings of CAM quality, checked here", ""]
+    lines = ["### Published orderings of CAM quality, checked here", "",
+             "Verdicts use the val CAM masks at the threshold chosen on train, for which every image's confusion "
+             "matrix is recorded: **holds** when the 95 % interval of the difference lies above 0, **reversed** "
+             "when it lies below, otherwise **not resolved at this budget**.", ""]
     for ours, base, pub_ours, pub_base in orderings():
-        a, b = q_by.get(method_label(ours)), q_by.get(method_label(base))
-        if a is None or b is None or not np.isfinite(a.get("train_cam_miou", np.nan)):
+        la, lb = method_label(ours), method_label(base)
+        a, b = q_by.get(la), q_by.get(lb)
+        d = lookup(diffs, la, lb, "CAM difference")
+        if a is None or b is None or d.empty or "mIoU" not in d.index:
             continue
-        diff = 100 * (a["train_cam_miou"] - b["train_cam_miou"])
-        holds = "holds" if diff > 0 else "does not hold"
-        lines.append(f"- {method_label(ours)} above {method_label(base)}: published {pub_val[pub_ours]:.1f} vs {pub_val[pub_base]:.1f} "
-                     f"(VOC train); here {100 * a['train_cam_miou']:.1f} vs {100 * b['train_cam_miou']:.1f} "
-                     f"({diff:+.1f}): **{holds}**.")
-    return lines
+        r = d.loc["mIoU"]
+        verdict = "holds" if r["low"] > 0 else "reversed" if r["high"] < 0 else "not resolved at this budget"
+        lines.append(f"- {la} above {lb}: published {pub_val[pub_ours]:.1f} vs {pub_val[pub_base]:.1f} (VOC train); "
+                     f"here val CAM masks {100 * a['val_cam_miou']:.1f} vs {100 * b['val_cam_miou']:.1f}, "
+                     f"difference {100 * r['delta']:+.1f} (95 % interval {100 * r['low']:+.1f} to "
+                     f"{100 * r['high']:+.1f}): **{verdict}**.")
+    return lines + [""]
 
 
 def _round_lines(rounds: dict[str, pd.DataFrame]) -> list[str]:
@@ -299,11 +411,21 @@ def _studies_lines(meta: dict) -> list[str]:
             + " (each with its own report.md and MLflow records).", ""]
 
 
+def comparison_frame(table: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
+    """comparison.parquet: the IoU rows (method, row, class_name, iou) and the difference rows
+    (``iou`` = the difference, ``versus`` the other side, ``low``/``high`` its 95 % interval,
+    ``resolved`` whether that excludes 0); columns a row does not use are empty."""
+    own = table.assign(versus=None, low=np.nan, high=np.nan, resolved=None)
+    other = diffs.rename(columns={"delta": "iou"})
+    cols = ["method", "row", "class_name", "iou", "versus", "low", "high", "resolved"]
+    return pd.concat([own[cols], other[cols]], ignore_index=True) if len(other) else own[cols]
+
+
 def build_comparison(compare_dir: str | Path) -> Path:
     """Write the comparison files into ``compare_dir``; returns the Markdown path."""
     compare_dir = Path(compare_dir)
     data = collect_comparison(compare_dir)
-    data["table"].to_parquet(compare_dir / "comparison.parquet", index=False)
+    comparison_frame(data["table"], data["differences"]).to_parquet(compare_dir / "comparison.parquet", index=False)
     data["quality"].to_parquet(compare_dir / "cam_quality.parquet", index=False)
     figure = None
     if not data["table"].empty:

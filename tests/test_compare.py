@@ -144,8 +144,15 @@ def test_one_command_runs_the_comparison_and_writes_the_report(tmp_path):
     for name, m in METHODS.items():
         assert (f"{m.label} (best trial of `tiny-{name}`)" in own) == m.baseline, name
     table = pd.read_parquet(out / "comparison.parquet")
-    assert set(table.columns) == {"method", "row", "class_name", "iou"}
-    assert set(table["row"]) == {"best trial", "seed mean", "seed std"}
+    assert list(table.columns) == ["method", "row", "class_name", "iou", "versus", "low", "high", "resolved"]
+    assert {"best trial", "seed mean", "seed std", "difference", "CAM difference"} <= set(table["row"])
+    # Every pair of methods: a paired-bootstrap difference per class and in mIoU, with its interval.
+    diffs = table[(table["row"] == "difference") & (table["class_name"] == "mIoU")]
+    n = len(METHODS)
+    assert len(diffs) == n * (n - 1) // 2 and (diffs["low"] <= diffs["iou"]).all() and (diffs["iou"] <= diffs["high"]).all()
+    assert (diffs["resolved"] == ((diffs["low"] > 0) | (diffs["high"] < 0))).all()
+    assert "## Differences with 95 % intervals" in md
+    assert any(v in md for v in ("**holds**", "**reversed**", "**not resolved at this budget**"))
     seed_means = {}
     for name, m in METHODS.items():
         seeds = pd.read_parquet(out / f"tiny-{name}-seeds" / "trials.parquet")

@@ -49,7 +49,34 @@ def _data(classes: list[str], dataset: str) -> dict:
     meta = {"name": "c", "samples": 8, "concurrency": 2, "seeds": [0, 1, 2],
             "methods": [{"search": name, "seeds": f"{name}-seeds"} for name in METHODS]}
     return {"meta": meta, "table": pd.DataFrame(rows), "quality": quality, "rounds": {}, "classes": classes,
-            "dataset": dataset, "costs": {}}
+            "dataset": dataset, "costs": {}, "differences": _differences()}
+
+
+# The verdict each claim gets from its CAM-mask interval, in turn: holds, reversed, not resolved.
+VERDICTS = ("holds", "reversed", "not resolved at this budget")
+
+
+def _interval_for(i: int, delta: float) -> tuple[float, float]:
+    return [(delta - 0.01, delta + 0.01), (-0.015, -0.005), (-0.01, 0.05)][i % 3]
+
+
+def _differences() -> pd.DataFrame:
+    """Hand-made bootstrap rows: the claims' CAM-mask differences (see VERDICTS), one resolved and
+    one unresolved output difference, and a tuning gain."""
+    v, rows = _train_cam(), []
+    for i, (name, over, _) in enumerate(_claims()):
+        delta = v[name] - v[over]
+        low, high = _interval_for(i, delta)
+        rows.append({"method": LABELS[name], "versus": LABELS[over], "row": "CAM difference", "class_name": "mIoU",
+                     "delta": delta, "low": low, "high": high, "resolved": low > 0 or high < 0})
+    names = list(METHODS)
+    for b, (low, high) in ((names[1], (0.02, 0.08)), (names[2], (-0.01, 0.21))):
+        for c in ("mIoU", "background", "a"):
+            rows.append({"method": LABELS[names[0]], "versus": LABELS[b], "row": "difference", "class_name": c,
+                         "delta": BASE[names[0]] - BASE[b], "low": low, "high": high, "resolved": low > 0})
+    rows.append({"method": LABELS[names[0]], "versus": "defaults", "row": "tuning gain", "class_name": "mIoU",
+                 "delta": 0.04, "low": 0.01, "high": 0.07, "resolved": True})
+    return pd.DataFrame(rows)
 
 
 def test_deltas_are_seed_mean_differences_in_points():
@@ -75,15 +102,45 @@ def test_synthetic_report_keeps_published_rows_apart_and_checks_orderings():
     for _, r in pub.iterrows():  # every baseline's published rows, with their sources, apart
         assert f"| {r['label']} " in apart and r["source"] in apart
     v, verdicts = _train_cam(), set()
-    for name, over, (pub_ours, pub_over) in _claims():
+    for i, (name, over, (pub_ours, pub_over)) in enumerate(_claims()):
         assert {pub_ours, pub_over} <= set(PUBLISHED_TRAIN), f"add the published rows {pub_ours!r}, {pub_over!r}"
-        diff = 100 * (v[name] - v[over])
-        verdict = "holds" if diff > 0 else "does not hold"
-        verdicts.add(verdict)
+        diff = v[name] - v[over]
+        low, high = _interval_for(i, diff)
+        verdicts.add(VERDICTS[i % 3])
         assert (f"{LABELS[name]} above {LABELS[over]}: published {PUBLISHED_TRAIN[pub_ours]:.1f} vs "
-                f"{PUBLISHED_TRAIN[pub_over]:.1f} (VOC train); here {100 * v[name]:.1f} vs {100 * v[over]:.1f} "
-                f"({diff:+.1f}): **{verdict}**") in md
-    assert verdicts == {"holds", "does not hold"}  # both outcomes are rendered
+                f"{PUBLISHED_TRAIN[pub_over]:.1f} (VOC train); here val CAM masks {100 * v[name]:.1f} vs "
+                f"{100 * v[over]:.1f}, difference {100 * diff:+.1f} (95 % interval {100 * low:+.1f} to "
+                f"{100 * high:+.1f}): **{VERDICTS[i % 3]}**") in md
+    assert len(verdicts) == min(3, len(_claims()))  # every outcome the claims reach is rendered
+
+
+def test_differences_are_marked_only_when_their_interval_excludes_zero():
+    md = render(_data(["background", "a"], "synthetic"), None, Path("."))
+    names = list(METHODS)
+    a, b, c = (LABELS[n] for n in names[:3])
+    table = md.split("## Differences with 95 % intervals")[1].split("##")[0]
+    d_ab, d_ac = 100 * (BASE[names[0]] - BASE[names[1]]), 100 * (BASE[names[0]] - BASE[names[2]])
+    row = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert f"| **{d_ab:+.1f} [+2.0, +8.0]** " in row[f"{a} − {b}"]
+    assert f"| {d_ac:+.1f} [-1.0, +21.0] " in row[f"{a} − {c}"]  # not bold: the interval includes 0
+    gain = md.split("## Tuning gain")[1].split("##")[0]
+    assert f"| {a} " in gain and "**+4.0 [+1.0, +7.0]**" in gain and "| yes " in gain
+    # In the Δ tables a resolved difference carries a star, an unresolved one none.
+    if names[1] in baseline_methods():
+        delta = md.split(f"### Δ against {b} ")[1].split("###")[0]
+        assert f"| {a} " in delta and f"{d_ab:+.1f}*" in delta
+
+
+def test_comparison_parquet_holds_the_differences_beside_the_iou_rows():
+    from reports.compare import comparison_frame
+
+    data = _data(["background", "a"], "synthetic")
+    frame = comparison_frame(data["table"], data["differences"])
+    assert list(frame.columns) == ["method", "row", "class_name", "iou", "versus", "low", "high", "resolved"]
+    assert set(frame["row"]) == {"best trial", "seed mean", "seed std", "difference", "CAM difference", "tuning gain"}
+    assert frame[frame["row"] == "seed mean"]["low"].isna().all()
+    gain = frame[frame["row"] == "tuning gain"].iloc[0]
+    assert (gain["iou"], gain["low"], gain["high"], gain["versus"]) == (0.04, 0.01, 0.07, "defaults")
 
 
 def test_voc_report_puts_published_rows_in_the_table():
