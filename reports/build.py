@@ -346,13 +346,14 @@ def _gain(meta: dict, trials: pd.DataFrame, best: dict, interval) -> str:
         return f"; the default configuration (trial `{d['trial_id']}`) {d['status'].lower()} without a score."
     partial = (f"; it was stopped early by ASHA after {d['epochs']} epochs, so this is its score then"
                if d["status"] == "PRUNED" else "")
-    text = f", {100 * (best['score'] - d['score']):+.1f} points over the default configuration"
-    if interval is not None:
-        _, low, high = interval
-        verdict = "larger than the noise" if low > 0 or high < 0 else "not resolved: the interval includes 0"
-        text += (f" (95 % interval {100 * low:+.1f} to {100 * high:+.1f}, paired bootstrap over the val images: "
-                 f"{verdict})")
-    return text + f" (trial `{d['trial_id']}`: {_pct(d['score'])}{partial})."
+    text = (f", {100 * (best['score'] - d['score']):+.1f} points over the default configuration "
+            f"(trial `{d['trial_id']}`: {_pct(d['score'])}{partial})")
+    if interval is None:
+        return text + "."
+    _, low, high = interval
+    verdict = "larger than the noise" if low > 0 or high < 0 else "not resolved, the interval includes 0"
+    return (text + f"; 95 % interval of the gain {100 * low:+.1f} to {100 * high:+.1f} (paired bootstrap over the "
+            f"val images): {verdict}.")
 
 
 def _grid_lines(grids: list[Path], study_dir: Path) -> list[str]:

@@ -191,10 +191,10 @@ def test_parent_run_page_shows_the_study_run(review, page, capsys):
     _, base, exp_id, out = review
     parent, trials = _runs(out)
     page.goto(run_url(base, exp_id, parent["run_id"]))
-    check_parent_page(page, parent, trials)
+    page.get_by_text(parent["name"], exact=True).first.wait_for(state="visible")
     _close_assistant(page)
-    page.locator('img[src*="figures%2Fbest_trial_val_grid.png"]').first.scroll_into_view_if_needed()
-    assert _screenshot(page, "parent_run_report_grid", capsys).stat().st_size > 10_000
-    page.get_by_text(parent["name"], exact=True).first.scroll_into_view_if_needed()
     page.wait_for_timeout(500)  # let late panels (metrics, tags) settle for the screenshot
     assert _screenshot(page, "parent_run", capsys).stat().st_size > 10_000
+    check_parent_page(page, parent, trials)  # expands the description and waits for every figure
+    page.locator('img[src*="figures%2Fbest_trial_val_grid.png"]').first.scroll_into_view_if_needed()
+    assert _screenshot(page, "parent_run_report_grid", capsys).stat().st_size > 10_000

@@ -49,10 +49,10 @@ META = {"method": "aal", "metric": "val/miou", "sampler": "tpe", "scheduler": {"
 
 
 @pytest.mark.parametrize("gain, says", [
-    ((0.05, 0.02, 0.08), "+5.0 points over the default configuration (95 % interval +2.0 to +8.0, paired "
-                         "bootstrap over the val images: larger than the noise) (trial `d0`: 40.0)."),
-    ((0.05, -0.01, 0.11), "(95 % interval -1.0 to +11.0, paired bootstrap over the val images: not resolved: "
-                          "the interval includes 0)"),
+    ((0.05, 0.02, 0.08), "+5.0 points over the default configuration (trial `d0`: 40.0); 95 % interval of the "
+                         "gain +2.0 to +8.0 (paired bootstrap over the val images): larger than the noise."),
+    ((0.05, -0.01, 0.11), "; 95 % interval of the gain -1.0 to +11.0 (paired bootstrap over the val images): not "
+                          "resolved, the interval includes 0."),
     (None, "+5.0 points over the default configuration (trial `d0`: 40.0)."),
 ])
 def test_first_paragraph_counts_trials_and_states_the_gain_over_the_defaults(gain, says):
