@@ -162,7 +162,9 @@ def plan_text(spec: StudySpec, opts: RunOptions) -> str:
         *([f"           first trial: the defaults, " + (", ".join(f"{k}={v}" for k, v in spec.defaults.items())
                                                     or "the fixed settings")] if spec.defaults is not None else []),
         ("searcher   grid: every combination of the choices once (Ray Tune grid search)" if spec.sampler == "grid"
-         else f"searcher   optuna {spec.sampler} (seed {spec.seed}), study stored in {opts.output / 'optuna.db'}"),
+         else f"searcher   optuna {spec.sampler} (seed {spec.seed}"
+              + (f", the first {spec.tpe_startup} trials random" if spec.sampler == "tpe" else "")
+              + f"), study stored in {opts.output / 'optuna.db'}"),
     ]
     if spec.scheduler["type"] == "asha":
         lines.append(f"scheduler  ASHA grace_period={spec.scheduler['grace_period']} "
@@ -256,7 +258,7 @@ def _optuna_searcher(spec: StudySpec, opts: RunOptions) -> ConcurrencyLimiter:
     if spec.defaults is not None and existing == 0:  # budget.include_defaults: the first trial
         study.enqueue_trial(spec.defaults, user_attrs={"wsss.defaults": True})
     # A resumed study must not replay the same suggestions: offset the seed by trials stored.
-    sampler = build_sampler(spec.sampler, spec.seed + existing)
+    sampler = build_sampler(spec.sampler, spec.seed + existing, spec.tpe_startup)
     searcher = PrunedAwareOptunaSearch(
         space=DefineByRunSpace(spec.params),
         metric=spec.metric,

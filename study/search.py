@@ -125,8 +125,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._told = self._told | {trial_id}
 
 
-def build_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, constant liar: defaults in Optuna 5) or random, seeded."""
+def build_sampler(kind: str, seed: int, tpe_startup: int = 10) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, constant liar: defaults in Optuna 5) after ``tpe_startup`` random
+    trials, or random, seeded."""
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=tpe_startup)

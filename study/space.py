@@ -119,6 +119,7 @@ class StudySpec:
     seed: int
     sampler: str
     max_failures: int
+    tpe_startup: int = 10
     defaults: dict | None = None  # budget.include_defaults: the first trial's searched values
     description: str = ""
     document: dict = field(default_factory=dict)
@@ -326,6 +327,9 @@ class StudyDocument(Section):
     seed: Count = 0
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     """grid: every combination of the categorical choices once (budget.samples must equal it)."""
+    tpe_startup: PositiveInt = 10
+    """TPE's random trials before it models the results (Optuna's n_startup_trials): a study of
+    no more trials than this is random search (with the same seed, the very same trials)."""
     max_failures: Count = 0
 
 
@@ -515,7 +519,8 @@ def parse_document(raw: dict, path: str | Path) -> StudySpec:
         path=str(path), name=doc.name, method=doc.method, data=data, fixed=fixed, params=params,
         samples=doc.budget.samples, concurrency=doc.budget.concurrency, scheduler=doc.scheduler.model_dump(),
         resources=doc.resources.model_dump(), metric=doc.metric, mode=doc.mode, seed=doc.seed,
-        sampler=doc.sampler, max_failures=doc.max_failures, defaults=defaults, description=doc.description,
+        sampler=doc.sampler, max_failures=doc.max_failures, tpe_startup=doc.tpe_startup, defaults=defaults,
+        description=doc.description,
         document=raw)
     # Last, as it may read every file of a dataset (cached): the data and the backbone weights.
     try:

@@ -217,3 +217,20 @@ def test_sqlite_storage(tmp_path):
     s.on_trial_complete("t2", {"val/miou": 0.4, "training_iteration": 4})
     states = [t.state for t in _trials(storage, "sql")]
     assert states == [TrialState.PRUNED, TrialState.COMPLETE]
+
+
+def test_tpe_is_random_search_for_its_startup_trials_then_models():
+    """tpe_startup: with the same seed, TPE's first trials are the random sampler's, and only
+    then does it propose from its model (so a study of no more trials is random search)."""
+    import optuna
+
+    from study.search import build_sampler
+
+    def run(sampler, n=6):
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.3) ** 2, n_trials=n)
+        return [t.params["x"] for t in study.trials]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rand, tpe = run(build_sampler("random", 0)), run(build_sampler("tpe", 0, tpe_startup=3))
+    assert tpe[:3] == rand[:3] and tpe[3:] != rand[3:]
