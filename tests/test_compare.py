@@ -99,7 +99,7 @@ def test_shipped_baselines_share_the_single_stage_budget():
     docs = {m: yaml.safe_load((SPACES / f"{m}.yaml").read_text()) for m in METHODS}
     ref = docs["aal"]
     for m, d in docs.items():
-        for key in ("data", "budget", "scheduler", "resources", "metric", "seed"):
+        for key in ("data", "budget", "scheduler", "resources", "metric", "seed", "tpe_startup"):
             assert d[key] == ref[key], (m, key)
         for key in ("model", "pretrain"):
             assert d["fixed"][key] == ref["fixed"][key], (m, key)
