@@ -105,17 +105,12 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
             observe("val", idx, cams)
         masks = cam_masks(cams, [t])[0]
         conf += confusion_matrix(masks, gt, ds.num_classes)
-        if panel is not None:
-            panel.count("cam", idx, masks, gt)
+        kinds = {"cam": masks}
         if crf is not None:
-            masks = refined_cam_masks([ds.val.images[i] for i in idx], cams, labels, t, crf)
+            masks = kinds["cam_crf"] = refined_cam_masks([ds.val.images[i] for i in idx], cams, labels, t, crf)
             conf_crf += confusion_matrix(masks, gt.to(masks.device), ds.num_classes)
-            if panel is not None:
-                panel.count("cam_crf", idx, masks, gt)
         if panel is not None:
-            panel.capture(idx, cams=cams, pred=masks if cams_are_output else None)
-            if cams_are_output:
-                panel.count("output", idx, masks, gt)
+            _keep(panel, idx, cams, kinds, masks if cams_are_output else None, gt)
         if save_dir is not None:
             for j, i in enumerate(idx):
                 write_palette_png(Path(save_dir) / f"{ds.val.ids[i]}.png", np.asarray(masks[j].cpu() if
@@ -124,6 +119,16 @@ def evaluate_cams(cam_fn: CamFn, ds: SegmentationDataset, cfg: dict, device: tor
     if crf is not None:
         _add_iou(metrics, "val/cam_crf", conf_crf, ds.class_names)
     return metrics
+
+
+def _keep(panel, idx, cams: torch.Tensor, kinds: dict, output, gt) -> None:
+    """Hand a review panel a val batch: its CAMs, every kind of mask's per-image confusion
+    matrices and, when the masks are the method's output, the output (pictures and counts)."""
+    for kind, masks in kinds.items():
+        panel.count(kind, idx, masks, gt)
+    panel.capture(idx, cams=cams, pred=output)
+    if output is not None:
+        panel.count("output", idx, output, gt)
 
 
 def _add_iou(metrics: dict, prefix: str, conf: np.ndarray, class_names: list[str]) -> None:
