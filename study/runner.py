@@ -20,7 +20,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from study.private_api import set_restored_callbacks, set_trial_user_attr
@@ -279,6 +279,25 @@ def _trainable(spec: StudySpec):
     )
 
 
+class DefaultsToHorizonASHA(ASHAScheduler):
+    """ASHA that never stops the defaults trial (``budget.include_defaults``) before the horizon,
+    so that the tuning gain (best trial minus defaults, reports) compares equally trained runs.
+    The defaults trial still reports at every rung and counts in the rungs' cut-offs like any
+    other trial; only its own stop is turned into a continue. ``defaults`` None: plain ASHA."""
+
+    def __init__(self, defaults: dict | None, **kwargs):
+        super().__init__(**kwargs)
+        self._defaults = defaults
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if (action == TrialScheduler.STOP and self._defaults is not None
+                and result.get(self._time_attr, 0) < self._max_t and flatten(trial.config) == self._defaults):
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
+
+
 def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
     """The Tuner: trainable with resources, Optuna searcher behind a concurrency limit, ASHA."""
     if spec.sampler == "grid":
@@ -287,7 +306,8 @@ def build_tuner(spec: StudySpec, opts: RunOptions, callbacks: list) -> Tuner:
     else:
         searcher, param_space = _optuna_searcher(spec, opts), {}
     if spec.scheduler["type"] == "asha":
-        scheduler = ASHAScheduler(
+        scheduler = DefaultsToHorizonASHA(
+            spec.defaults,
             time_attr="training_iteration",
             max_t=spec.epochs,
             grace_period=spec.scheduler["grace_period"],

@@ -56,3 +56,35 @@ def test_the_first_trial_the_searcher_proposes_is_the_defaults(tmp_path):
     # A resumed study does not enqueue the defaults again.
     _optuna_searcher(spec, RunOptions(output=tmp_path, resume=True))
     assert sum(t.user_attrs.get("wsss.defaults", False) for t in study.get_trials()) == 1
+
+
+class _Trial:
+    """What ASHA reads of a Ray trial: its id and its configuration."""
+
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config = trial_id, config
+
+
+def _rung_one(scheduler, trials_scores):
+    """Report epoch 1 of each (trial, score) in order; the scheduler's decisions."""
+    for trial, _ in trials_scores:
+        scheduler.on_trial_add(None, trial)
+    return [scheduler.on_trial_result(None, t, {"training_iteration": 1, "val/miou": s}) for t, s in trials_scores]
+
+
+@pytest.mark.parametrize("defaults, expected", [(None, "STOP"), ({"train.lr": 0.02}, "CONTINUE")])
+def test_asha_runs_the_defaults_trial_to_the_horizon(defaults, expected):
+    """A poor defaults trial is stopped at the first rung by plain ASHA (defaults None) but runs on
+    when it is the study's defaults trial; at the horizon it stops like any other."""
+    from study.runner import DefaultsToHorizonASHA
+
+    asha = DefaultsToHorizonASHA(defaults, time_attr="training_iteration", metric="val/miou", mode="max",
+                                 max_t=4, grace_period=1, reduction_factor=2)
+    good, poor = _Trial("a", {"train": {"lr": 0.001}}), _Trial("b", {"train": {"lr": 0.02}})
+    other = _Trial("c", {"train": {"lr": 0.005}})
+    assert _rung_one(asha, [(other, 0.8), (good, 0.9), (poor, 0.1)]) == ["CONTINUE", "CONTINUE", expected]
+    assert asha.on_trial_result(None, poor, {"training_iteration": 4, "val/miou": 0.2}) == "STOP"
+    # Another poor trial is still stopped: only the defaults trial is exempt.
+    worse = _Trial("d", {"train": {"lr": 0.03}})
+    asha.on_trial_add(None, worse)
+    assert asha.on_trial_result(None, worse, {"training_iteration": 1, "val/miou": 0.05}) == "STOP"
