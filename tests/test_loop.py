@@ -122,6 +122,27 @@ def test_pretraining_runs_the_same_loop_with_the_trials_schedule_and_precision()
     assert lrs == [0.0, 0.5] and np.isfinite(history[-1]["train/loss/cls"])
 
 
+def test_the_recipe_every_method_shares_keeps_two_groups_and_the_poly_schedule():
+    from trainables.loop.train import build_optimizer, lr_factor
+
+    cfg = METHODS["cam"].resolve(TINY)
+    net = METHODS["cam"].trainer(cfg, load_dataset(cfg["data"]), torch.device("cpu")).build()
+    opt = build_optimizer(net, cfg["train"])
+    assert [g["lr"] for g in opt.param_groups] == [cfg["train"]["lr"], cfg["train"]["lr"] * 10]
+    assert not opt.param_groups[0]["nesterov"]
+    assert lr_factor(cfg["train"], 0.5, 0) == pytest.approx(0.5 ** 0.9)
+    # Biases at 2x split each group in two; BatchNorm's weights stay with the weights (by name, as MCIS's code).
+    opt = build_optimizer(net, {**cfg["train"], "bias_lr_mult": 2.0})
+    rates = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for name, p in net.named_parameters():
+        base = cfg["train"]["lr"] * (1 if name.startswith("backbone.") else 10)
+        assert rates[id(p)] == pytest.approx(base * (2 if name.endswith("bias") else 1)), name
+    assert len(rates) == len(list(net.parameters()))
+    # The pretraining keeps its own recipe whatever the method's.
+    p = pretrain_settings(METHODS["cam"].resolve(merge(TINY, {"train": {"bias_lr_mult": 2.0, "schedule": "step"}})))["train"]
+    assert (p["bias_lr_mult"], p["schedule"], p["nesterov"]) == (1.0, "poly", False)
+
+
 def test_a_term_the_settings_do_not_declare_is_refused():
     class Bad(Trainer):
         def build(self):

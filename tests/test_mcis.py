@@ -108,22 +108,41 @@ def test_the_sampler_always_shares_a_class_and_is_deterministic():
     ds = load_dataset(TINY["data"])
     labels = ds.train.labels
     anchors = np.arange(len(labels))
-    p1, alone = pair_partners(labels, anchors, np.random.default_rng(3))
-    p2, _ = pair_partners(labels, anchors, np.random.default_rng(3))
+    p1, alone = pair_partners(labels, anchors, np.random.default_rng(3), include_self=False)
+    p2, _ = pair_partners(labels, anchors, np.random.default_rng(3), include_self=False)
     np.testing.assert_array_equal(p1, p2)
     assert alone == 0 and (p1 != anchors).all()
     assert ((labels[anchors] * labels[p1]).sum(axis=1) > 0).all()
     lonely = np.array([[1, 0], [0, 1], [0, 1]], dtype=np.float32)  # image 0 is class 0's only holder
-    assert pair_partners(lonely, np.array([0, 1]), np.random.default_rng(0)) == (pytest.approx([0, 2]), 1)
-    trainer = McisTrainer(TINY, ds, CPU)
+    assert pair_partners(lonely, np.array([0, 1]), np.random.default_rng(0), include_self=False) == (pytest.approx([0, 2]), 1)
+    trainer = McisTrainer({**TINY, "mcis": {**TINY["mcis"], "self_pairs": "never"}}, ds, CPU)
     steps = trainer.batches(np.random.default_rng(0), 4, 3)
     assert all(len(s) == 8 and (labels[s[:4]] * labels[s[4:]]).sum(axis=1).min() > 0 for s in steps)
     assert trainer.epoch_metrics() == {"train/self_pairs": 0.0}
 
 
+def test_the_codes_sampler_draws_among_all_holders_the_image_included():
+    two = np.array([[1.0], [1.0]], dtype=np.float32)  # one class, two holders: the code picks either
+    anchors = np.zeros(400, dtype=np.int64)
+    partners, alone = pair_partners(two, anchors, np.random.default_rng(0))  # include_self: the default
+    assert set(partners) == {0, 1} and alone == int((partners == 0).sum()) and 150 < alone < 250
+    assert set(pair_partners(two, anchors, np.random.default_rng(0), include_self=False)[0]) == {1}
+    assert TINY["mcis"]["self_pairs"] == "as_code"
+    ds = load_dataset(TINY["data"])
+    trainer = McisTrainer(TINY, ds, CPU)
+    steps = trainer.batches(np.random.default_rng(0), 8, 3)
+    paired_self = sum(int((s[:8] == s[8:]).sum()) for s in steps)
+    assert trainer.epoch_metrics()["train/self_pairs"] == pytest.approx(paired_self / 24)
+    c = int(np.flatnonzero(ds.train.labels[0])[0])
+    holders = np.flatnonzero(ds.train.labels[:, c])
+    draws = {p for i in range(40) for _, p in PartnerDraw(ds, 3, seed=i).draw("train", 0, c)}
+    assert 0 in draws and draws <= set(holders)  # the test-time draw includes the image, as the code's
+    assert 0 not in {p for i in range(40) for _, p in PartnerDraw(ds, 3, seed=i, include_self=False).draw("train", 0, c)}
+
+
 def test_test_partners_hold_the_class_are_fixed_and_never_the_image():
     ds = load_dataset(TINY["data"])
-    partners = PartnerDraw(ds, 3, seed=0)
+    partners = PartnerDraw(ds, 3, seed=0, include_self=False)
     for i in range(len(ds.train)):
         for c in np.flatnonzero(ds.train.labels[i]):
             group = partners.draw("train", i, c)
@@ -243,3 +262,120 @@ def test_intra_pairs_add_the_codes_single_and_co_terms_with_the_images_own_label
     assert [o["co_logits"].shape for o in outs] == [(4, ds.num_fg)] * 3
     torch.testing.assert_close(terms["cls"], plain["cls"] + sum(F.multilabel_soft_margin_loss(o["logits"], own) for o in outs))
     torch.testing.assert_close(terms["co"], plain["co"] + sum(F.multilabel_soft_margin_loss(o["co_logits"], own) for o in outs))
+
+
+def _extra_net(convs: int = 2, width: int = 16, classes: int = 3) -> McisNet:
+    torch.manual_seed(0)
+    return McisNet(TINY["model"], classes, extra_convs=convs, extra_width=width)
+
+
+def test_extra_convs_are_built_and_initialised_as_the_code_and_feed_every_head():
+    net = _extra_net(convs=3, width=64)
+    convs = [m for m in net.extra if isinstance(m, torch.nn.Conv2d)]
+    relus = [m for m in net.extra if isinstance(m, torch.nn.ReLU)]
+    assert len(convs) == len(relus) == 3 and all(m.kernel_size == (3, 3) and m.padding == (1, 1) for m in convs)
+    assert convs[0].in_channels == net.backbone.out_channels and all(m.out_channels == 64 for m in convs)
+    for m in convs:  # vgg.py _initialize_weights: N(0, sqrt(2 / (3 * 3 * 64))), zero bias
+        assert m.bias.abs().sum() == 0
+        assert m.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 64)), rel=0.05)
+        assert m.weight.mean().abs().item() < 0.1 * math.sqrt(2 / (9 * 64))
+    cls = net.extra_classifier  # the code's extra_last_conv: 1x1 with a zero bias, std sqrt(2 / (1 * 1 * C))
+    assert cls.bias is not None and cls.bias.abs().sum() == 0 and cls.in_channels == 64
+    assert net.classifier is None and net.co_weight.in_features == net.gate.in_channels == net.co_classifier.in_channels == 64
+    x = torch.randn(2, 3, 32, 32)
+    out = net(x)
+    assert out["features"].shape[1] == 64 and out["features"].min() >= 0  # after the last ReLU
+    with torch.no_grad():
+        cls.bias.fill_(0.5)
+    torch.testing.assert_close(net(x)["logits"], out["logits"] + 0.5)  # the single-image logits carry the bias
+    backbone, new = net.parameter_groups()
+    new_ids = {id(p) for p in new}
+    assert all(id(p) in new_ids for m in (net.extra, cls, net.co_weight, net.gate) for p in m.parameters())
+
+
+def test_the_shared_checkpoint_loads_the_backbone_and_leaves_the_new_classifier_alone():
+    from trainables.nets.cam import CamNet
+
+    torch.manual_seed(1)
+    state = CamNet(TINY["model"], 3).state_dict()  # what the shared checkpoint holds: backbone + classifier
+    net = _extra_net()
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    after = net.state_dict()
+    assert all(torch.equal(after[k], state[k]) for k in state if k.startswith("backbone."))
+    assert all(torch.equal(after[k], fresh[k]) for k in after if not k.startswith("backbone."))
+    assert not any(k.startswith("classifier.") for k in after)
+
+
+def test_intra_maps_keep_w_on_the_images_side_of_every_pair():
+    """A non-symmetric W tells the code's view-side map (the pair (image, view)'s second map,
+    test.py l.186-196) from one computed with the pair reversed, which the project did before."""
+    from trainables.methods.mcis import intra_maps
+
+    net = _extra_net(convs=1, width=8).eval()
+    torch.manual_seed(3)
+    project = torch.randn(8, 3) * 3.0
+    features = lambda v: {"features": torch.einsum("oc,bchw->bohw", project, F.avg_pool2d(v, 4))}  # noqa: E731
+    with torch.no_grad():
+        net.co_weight.weight.copy_(torch.randn(8, 8))  # far from symmetric
+    z = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fz = features(z)["features"]
+        maps = intra_maps(net, features, z, fz)
+        flip = features(z.flip(-1))["features"]
+        s = net.co_weight(fz.flatten(2).transpose(1, 2)) @ flip.flatten(2)  # (W f_z)^T f_flip
+        at_flip = (fz.flatten(2) @ torch.softmax(s, dim=1)).reshape(flip.shape)  # softmax over z's positions
+        expected = net.co_classifier(at_flip).flip(-1)
+        reversed_pair = net.co_map(flip, fz).flip(-1)
+    torch.testing.assert_close(maps[1], expected)
+    assert (maps[1] - reversed_pair).abs().max() > 0.1
+    torch.testing.assert_close(maps[0], net.co_map(fz, flip))
+
+
+def test_attention_diagnostics_are_logged_per_epoch():
+    ds = load_dataset(TINY["data"])
+    trainer = McisTrainer(TINY, ds, CPU)
+    net = trainer.build()
+    batch = augment_batch(ds.train, np.array([0, 1, 2, 3]), 32, (1.0, 1.0), False, np.random.default_rng(0))
+    with torch.no_grad():
+        trainer.terms(net, batch, 0.0, 0)
+        trainer.terms(net, batch, 0.0, 0)
+        out = net(batch.image[:2], partner=batch.image[2:])
+    m = trainer.epoch_metrics()
+    n = out["affinity"].shape[2]
+    p = torch.softmax(out["affinity"], dim=2)
+    entropy = float(-(p * p.log()).sum(dim=2).mean() / math.log(n))
+    assert m["train/attention/entropy_ratio"] == pytest.approx(entropy, rel=1e-4)
+    assert m["train/attention/s_std"] == pytest.approx(float(out["affinity"].std()), rel=1e-4)
+    assert m["train/attention/feature_norm"] == pytest.approx(float(out["features"].norm(dim=1).mean()), rel=1e-4)
+    assert "train/attention/s_std" not in trainer.epoch_metrics()  # reset with the epoch
+
+
+def test_the_codes_optimiser_recipe_in_mcis_yaml_is_one_set_block_away():
+    """The comment block of search_spaces/mcis.yaml gives the code's recipe as --set flags:
+    they parse, validate, and build the code's four SGD groups (scripts/train.py l.62-68)."""
+    import re
+    import shlex
+
+    from study.space import load_spec
+    from trainables.loop.train import build_optimizer, lr_factor
+
+    text = open("search_spaces/mcis.yaml").read()
+    block = " ".join(line.lstrip("# ").rstrip("\\ ") for line in text.splitlines() if re.match(r"#\s+--set ", line))
+    args = shlex.split(block)
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert len(sets) >= 8
+    spec = load_spec("search_spaces/mcis.yaml", overrides=sets)
+    assert spec.defaults["train.lr"] == 1e-3  # the code's lr: the searched range's default
+    cfg = METHODS["mcis"].resolve({**spec.trainable_config(), "data": TINY["data"], "model": TINY["model"],
+                                   "train": {**spec.trainable_config()["train"], "lr": 1e-3}})
+    t = cfg["train"]
+    assert (t["optimizer"], t["nesterov"], t["momentum"], t["weight_decay"], t["new_layer_lr_mult"]) == ("sgd", True, 0.9, 5e-4, 10.0)
+    assert [round(lr_factor(t, 0.0, e), 6) for e in (0, 4, 5, 10, 14)] == [1.0, 1.0, 0.1, 0.01, 0.01] and t["epochs"] == 15
+    net = McisNet(cfg["model"], 3, extra_convs=1, extra_width=8)
+    opt = build_optimizer(net, t)
+    rates = sorted(g["lr"] for g in opt.param_groups)
+    assert rates == pytest.approx([1e-3, 2e-3, 1e-2, 2e-2]) and all(g["nesterov"] for g in opt.param_groups)
+    by_rate = {round(g["lr"], 6): {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert id(net.extra_classifier.bias) in by_rate[0.02] and id(net.extra_classifier.weight) in by_rate[0.01]

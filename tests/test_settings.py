@@ -89,6 +89,8 @@ def test_checks_across_settings_name_the_setting_at_fault():
     assert err.key == "train.scale_min" and err.value == 2.0
     err = _problem("aal", {"data": {"min_radius": 30.0}})
     assert err.key == "data.min_radius" and err.value == 30.0
+    err = _problem("mcis", {"train.nesterov": True, "train.optimizer": "adam"})
+    assert err.key == "train.nesterov" and "optimizer sgd" in err.message
 
 
 def test_an_unknown_dataset_names_data_name():

@@ -30,11 +30,13 @@ PRETRAIN_VERSION = 2  # 2: trained by the one loop (the trial's poly power and a
 
 def pretrain_settings(cfg: dict) -> dict:
     """The trial's settings as the pretraining run sees them: ``pretrain`` epochs, batch size,
-    learning rate and weight decay, Adam with no new-layer multiplier, no fault injection, the
-    trial's augmentation, seed, poly power and autocast."""
+    learning rate and weight decay, Adam with no new-layer or bias multiplier and the poly
+    schedule (whatever the method's recipe), no fault injection, the trial's augmentation, seed,
+    poly power and autocast."""
     p, t = cfg["pretrain"], cfg["train"]
     train = {**t, "epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"], "weight_decay": p["weight_decay"],
-             "optimizer": "adam", "new_layer_lr_mult": 1.0, "inject_nan_epoch": 0}
+             "optimizer": "adam", "new_layer_lr_mult": 1.0, "bias_lr_mult": 1.0, "nesterov": False, "schedule": "poly",
+             "inject_nan_epoch": 0}
     return {**cfg, "train": train, "loss": {"cls": {"enabled": True, "weight": 1.0}}}
 
 

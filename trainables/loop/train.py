@@ -58,19 +58,43 @@ def poly_lr(base: float, progress: float, power: float) -> float:
 
 def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
     """SGD or Adam with the new layers at ``new_layer_lr_mult`` x lr (RRM, SEAM and SC-CAM all
-    train new layers 10x faster); ``model.parameter_groups()`` gives (backbone, new)."""
-    lr, mult = float(train["lr"]), float(train["new_layer_lr_mult"])
-    backbone, new = model.parameter_groups()
-    groups = [{"params": backbone, "lr": lr, "base_lr": lr}, {"params": new, "lr": lr * mult, "base_lr": lr * mult}]
+    train new layers 10x faster) and each group's biases at ``bias_lr_mult`` x its lr (MCIS's
+    code: 2); ``model.parameter_groups()`` gives (backbone, new). An empty bias group is left out."""
+    lr, mult, bias = float(train["lr"]), float(train["new_layer_lr_mult"]), float(train["bias_lr_mult"])
+    biases = {id(p) for name, p in model.named_parameters() if name.endswith("bias")} if bias != 1.0 else set()
+    groups = []
+    for params, base in zip(model.parameter_groups(), (lr, lr * mult)):
+        groups.append({"params": [p for p in params if id(p) not in biases], "lr": base, "base_lr": base})
+        if any(id(p) in biases for p in params):
+            rate = base * bias
+            groups.append({"params": [p for p in params if id(p) in biases], "lr": rate, "base_lr": rate})
     if train["optimizer"] == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=train["weight_decay"])
-    return torch.optim.SGD(groups, lr=lr, momentum=train["momentum"], weight_decay=train["weight_decay"])
+    return torch.optim.SGD(groups, lr=lr, momentum=train["momentum"], weight_decay=train["weight_decay"],
+                           nesterov=bool(train["nesterov"]))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, progress: float, power: float) -> None:
-    """Every group at its ``base_lr`` decayed by :func:`poly_lr`."""
+def lr_factor(train: dict, progress: float, epoch: int) -> float:
+    """The schedule's multiple of every group's base lr at ``progress`` (0-1) through the round,
+    in its 0-based ``epoch``: poly decay, or ``lr_step_factor`` once per step epoch passed
+    (MCIS's code, ``my_optim.reduce_lr``: 0.1 from epoch 5, 0.01 from epoch 10).
+
+    Example:
+        >>> t = {"schedule": "step", "lr_steps": [5, 10], "lr_step_factor": 0.1, "poly_power": 0.9}
+        >>> [round(lr_factor(t, 0.0, e), 6) for e in (0, 4, 5, 9, 10, 14)]
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+        >>> lr_factor({**t, "schedule": "poly", "poly_power": 1.0}, 0.25, 3)
+        0.75
+    """
+    if train["schedule"] == "step":
+        return float(train["lr_step_factor"]) ** sum(epoch >= int(s) for s in train["lr_steps"])
+    return poly_lr(1.0, progress, float(train["poly_power"]))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group at its ``base_lr`` times ``factor`` (:func:`lr_factor`)."""
     for g in optimizer.param_groups:
-        g["lr"] = poly_lr(g["base_lr"], progress, power)
+        g["lr"] = g["base_lr"] * factor
 
 
 def check_loss(loss: torch.Tensor, train: dict, epoch: int, step: int, terms: dict[str, float]) -> torch.Tensor:
@@ -244,7 +268,7 @@ def _epoch(trainer: Trainer, model: nn.Module, optimizer, rng: np.random.Generat
     sums: dict[str, float] = {}
     for step, batch in enumerate(_lookahead(trainer, net, rng, bs, steps, epoch)):
         progress = ((epoch - first) * steps + step) / ((last - first) * steps)  # within the round
-        set_lr(optimizer, progress, float(t["poly_power"]))
+        set_lr(optimizer, lr_factor(t, progress, epoch - first))
         terms = trainer.terms(net, batch, progress, epoch)
         loss = _weighted_sum(terms, cfg["loss"], trainer)
         loss = check_loss(loss, t, epoch, step, {k: float(v.detach()) for k, v in terms.items()})

@@ -4,11 +4,17 @@ trained on pairs of images that share a class, with two cross-image attentions.
 
 - **Pairs** (:func:`pair_partners`, code ``utils/LoadData.py``): each training image is paired
   with an image holding one of its classes (one of its classes uniformly, then a holder
-  uniformly). A step of ``train.batch_size`` pairs sees twice as many images
-  (``train/images_per_s`` counts the first image of each pair, so it is pairs per second).
-- **Co-attention** (paper §3.2, code ``models/vgg.py``): S = (W F_m)^T F_n over the backbone's
-  last features, softmax over the partner's positions in each direction; the attended
-  features go through a 1x1 co-attention classifier and GAP, trained on the common labels.
+  uniformly, the image itself included as in the code: ``mcis.self_pairs``). A step of
+  ``train.batch_size`` pairs sees twice as many images (``train/images_per_s`` counts the
+  first image of each pair, so it is pairs per second).
+- **Features** (code ``models/vgg.py`` l.18-26): F is the output of ``mcis.extra_convs`` (3) new
+  3x3 conv + ReLU layers of ``mcis.extra_width`` (512) channels on the backbone's last
+  features, read by a new single-image classifier with a bias, the co-attention, the gate and
+  the co-attention classifier; all new layers train at ``train.new_layer_lr_mult`` x lr.
+- **Co-attention** (paper §3.2, code ``models/vgg.py``): S = (W F_m)^T F_n, softmax over the
+  partner's positions in each direction; the attended features go through a 1x1 co-attention
+  classifier and GAP, trained on the common labels. ``train/attention/*`` logs the std of S,
+  the softmax's entropy against a uniform one's and the norm of F every epoch.
 - **Contrastive co-attention** (§3.3): F (1 - sigmoid(gate(attended))) through the same
   classifier, trained on each image's own unshared labels, from ``mcis.contrast_from_epoch``.
 - **Losses** (all multilabel soft-margin, weight 1 in the paper): ``loss.cls`` single-image
@@ -27,12 +33,17 @@ Choices where the paper is silent or the code is particular (documented, switcha
 - ``mcis.contrast_scope``: "image" averages the contrastive term over the images whose unshared
   set is non-empty; "batch" is the code's rule (all images of a side once any is non-empty,
   the empty ones trained towards "no class").
-- The partner of an image is never the image itself when another holder exists (the code
-  draws from all holders, itself included); an image that is its class's only holder is paired
-  with itself (``train/self_pairs`` counts how often).
+- ``mcis.self_pairs: never`` pairs an image with another holder whenever one exists (the
+  project's earlier rule); ``as_code`` (default) lets the draw pick the image itself, as the
+  code does in training and test (``train/self_pairs`` counts how often).
+- ``mcis.extra_convs: 0`` co-attends over the backbone's features with the shared checkpoint's
+  classifier (the project's earlier model): on a signed, pretrained feature map of norm about
+  60 the softmax is then an arg-max (README, MCIS section).
+- The code's optimiser (Nesterov SGD, 2x lr for biases, x0.1 at epochs 5 and 10 of 15) is a
+  ``--set`` block in ``search_spaces/mcis.yaml``'s comments; the shipped study keeps the
+  recipe every method shares, so that the comparison differs by method only.
 - Test-time intra maps are resized bilinearly (the code: bicubic).
-- The co-attention classifier is a new layer, the single-image classifier is the shared
-  checkpoint's, as in the code (two heads).
+- The co-attention classifier and the single-image classifier are two heads, as in the code.
 """
 
 from __future__ import annotations
@@ -75,6 +86,16 @@ class SaliencyRule(Section):
 
 class McisSection(Section):
     """MCIS's own settings."""
+
+    extra_convs: Count = 3
+    """New 3x3 conv + ReLU layers on the backbone's last features that the single-image
+    classifier, co-attention, gate and co-attention classifier read (code ``extra_convs``: 3);
+    0 = the backbone's features directly and the shared checkpoint's classifier."""
+    extra_width: PositiveInt = 512
+    """Channels of the extra layers (the code's: 512, VGG's conv5 width)."""
+    self_pairs: Literal["as_code", "never"] = "as_code"
+    """as_code: a partner is drawn among all holders of the class, the image itself included
+    (code ``LoadData.py``, train and test); never: another holder whenever one exists."""
 
     contrast_from_epoch: Count = 2
     """The contrastive term trains from this 0-based epoch on (2 in the code: the third epoch)."""
@@ -120,16 +141,41 @@ class McisNet(CamNet):
     """CAM network + co-attention: ``co_weight`` is W (no bias), ``co_classifier`` the 1x1
     co-attention classifier, ``gate`` the contrastive gate's 1x1 conv (code ``models/vgg.py``).
 
+    With ``extra_convs`` > 0, F is the output of that many new 3x3 conv + ReLU layers
+    (``extra``) on the backbone's features, and the single-image classifier is a new 1x1 conv
+    with a bias (``extra_classifier``; code ``extra_convs`` and ``extra_last_conv``, vgg.py
+    l.18-26), both initialised as the code does (:func:`code_init`); the shared checkpoint then
+    gives the backbone only. With 0, F is the backbone's features and the classifier the
+    checkpoint's (no bias). The co-attention layers keep PyTorch's default initialisation, as
+    in the code.
+
     ``forward(x, partner=y)`` adds, for the pairs (x_i, y_i), with both images' rows stacked
     (x first): ``logits`` (single image), ``co_logits`` and ``contrast_logits`` (2B, C).
     """
 
-    def __init__(self, model_cfg: dict, num_fg: int):
+    def __init__(self, model_cfg: dict, num_fg: int, extra_convs: int = 0, extra_width: int = 512):
         super().__init__(model_cfg, num_fg)
         c = self.backbone.out_channels
+        self.extra = None
+        if extra_convs:
+            layers = []
+            for k in range(extra_convs):
+                layers += [nn.Conv2d(c if k == 0 else extra_width, extra_width, 3, padding=1), nn.ReLU(inplace=True)]
+            self.extra, c = nn.Sequential(*layers), extra_width
+            self.classifier = None  # the checkpoint's classifier does not fit F: a new one
+            self.extra_classifier = nn.Conv2d(c, num_fg, 1)
+            for m in (*self.extra, self.extra_classifier):
+                code_init(m)
         self.co_weight = nn.Linear(c, c, bias=False)
         self.co_classifier = nn.Conv2d(c, num_fg, 1, bias=False)
         self.gate = nn.Conv2d(c, 1, 1, bias=False)
+
+    def head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.extra is None:
+            return super().head(feats)
+        f = self.extra(feats)
+        cam_raw = self.extra_classifier(f)  # the code's CAM keeps the bias (vgg.py l.37-39)
+        return {"features": f, "pooled": f.mean(dim=(2, 3)), "cam_raw": cam_raw, "logits": cam_raw.mean(dim=(2, 3))}
 
     def forward(self, x: torch.Tensor, partner: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if partner is None:
@@ -140,27 +186,65 @@ class McisNet(CamNet):
         else:
             a, b = super().forward(x), super().forward(partner)
             out, fa, fb = {"logits": torch.cat([a["logits"], b["logits"]])}, a["features"], b["features"]
-        att_a, att_b = self.co_attend(fa, fb)
+        s = self.affinity(fa, fb)
+        att_a, att_b = self.co_attend(fa, fb, s)
         co_logits, contrast_logits = [], []
         for f, att in ((fa, att_a), (fb, att_b)):
             co_logits.append(self.co_classifier(att).mean(dim=(2, 3)))
             contrast_logits.append(self.co_classifier(f * (1.0 - torch.sigmoid(self.gate(att)))).mean(dim=(2, 3)))
         out["co_logits"], out["contrast_logits"] = torch.cat(co_logits), torch.cat(contrast_logits)
+        out["affinity"] = s
         return out
 
-    def co_attend(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Paper §3.2: S = (W F_a)^T F_b (B, N_a, N_b). Returns the attended features at a's
-        positions (b's features, softmax over b's positions) and at b's positions (a's
-        features, softmax over a's positions), each shaped like its image's features."""
-        a, b = fa.flatten(2), fb.flatten(2)  # (B, C, N)
-        s = self.co_weight(a.transpose(1, 2)) @ b  # row i: (W f_a,i)^T f_b,j over j
-        att_a = b @ torch.softmax(s, dim=2).transpose(1, 2)
-        att_b = a @ torch.softmax(s, dim=1)
+    def affinity(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """Paper §3.2: S = (W F_a)^T F_b, (B, N_a, N_b); row i is (W f_a,i)^T f_b,j over j."""
+        return self.co_weight(fa.flatten(2).transpose(1, 2)) @ fb.flatten(2)
+
+    def co_attend(self, fa: torch.Tensor, fb: torch.Tensor,
+                  s: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attended features at a's positions (b's features, softmax of S over b's
+        positions) and at b's positions (a's features, softmax over a's positions), each shaped
+        like its image's features. W is applied to a's side of S (code: the pair's first image)."""
+        s = self.affinity(fa, fb) if s is None else s
+        att_a = fb.flatten(2) @ torch.softmax(s, dim=2).transpose(1, 2)
+        att_b = fa.flatten(2) @ torch.softmax(s, dim=1)
         return att_a.reshape(fa.shape), att_b.reshape(fb.shape)
 
     def co_map(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         """The co-attention class maps (B, C, h_a, w_a) at a's positions, paired with b."""
         return self.co_classifier(self.co_attend(fa, fb)[0])
+
+    def partner_map(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """The co-attention class maps (B, C, h_b, w_b) at b's positions of the pair (a, b):
+        the code's second map of a pair, W still on a's side (vgg.py l.185-198)."""
+        return self.co_classifier(self.co_attend(fa, fb)[1])
+
+
+def code_init(m: nn.Module) -> None:
+    """MCIS's initialisation of its new conv layers (vgg.py ``_initialize_weights``):
+    N(0, sqrt(2 / (k_h k_w out_channels))), zero bias."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.normal_(m.weight, 0.0, (2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def attention_stats(s: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, float]:
+    """Diagnostics of the co-attention of a batch: the std of S, the mean entropy of its softmax
+    over the partner's positions as a fraction of a uniform one's (log N_b; 1 = uniform, 0 = an
+    arg-max) and, given the features entering S, a position's mean L2 norm.
+
+    Example:
+        >>> attention_stats(torch.zeros(1, 2, 4), torch.ones(1, 3, 2, 1))
+        {'s_std': 0.0, 'entropy_ratio': 1.0, 'feature_norm': 1.732...}
+    """
+    s = s.detach().float()
+    p = torch.softmax(s, dim=2)
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=2).mean()
+    out = {"s_std": float(s.std()), "entropy_ratio": float(entropy / np.log(s.shape[2]))}
+    if features is not None:
+        out["feature_norm"] = float(features.detach().float().norm(dim=1).mean())
+    return out
 
 
 def class_holders(labels: np.ndarray) -> list[np.ndarray]:
@@ -169,25 +253,25 @@ def class_holders(labels: np.ndarray) -> list[np.ndarray]:
 
 
 def pair_partners(labels: np.ndarray, anchors: np.ndarray, rng: np.random.Generator,
-                  holders: list[np.ndarray] | None = None) -> tuple[np.ndarray, int]:
-    """One partner per anchor: one of its classes uniformly, then uniformly one other image
-    holding that class (the anchor itself when it is the class's only holder). Returns the
-    partners and how many anchors were paired with themselves.
+                  holders: list[np.ndarray] | None = None, include_self: bool = True) -> tuple[np.ndarray, int]:
+    """One partner per anchor: one of its classes uniformly, then uniformly one image holding
+    that class: any holder, the anchor included (``include_self``, the code's
+    ``LoadData.py``), or another holder (the anchor itself only when it is the class's only
+    holder). Returns the partners and how many anchors were paired with themselves.
 
     Example:
         >>> labels = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=np.float32)  # image 3: no class
-        >>> pair_partners(labels, np.array([0, 2, 3]), np.random.default_rng(0))
+        >>> pair_partners(labels, np.array([0, 2, 3]), np.random.default_rng(0), include_self=False)
         (array([1, 1, 3]), 1)
     """
     holders = class_holders(labels) if holders is None else holders
-    partners, alone = np.empty(len(anchors), dtype=np.int64), 0
+    partners = np.empty(len(anchors), dtype=np.int64)
     for k, i in enumerate(anchors):
         classes = np.flatnonzero(labels[i] > 0)
         others = holders[int(rng.choice(classes))] if len(classes) else np.array([], dtype=np.int64)
-        others = others[others != i]
+        others = others if include_self else others[others != i]
         partners[k] = int(rng.choice(others)) if len(others) else int(i)
-        alone += int(len(others) == 0)
-    return partners, alone
+    return partners, int((partners == np.asarray(anchors)).sum())
 
 
 def contrast_loss(logits: torch.Tensor, targets: torch.Tensor, n: int, scope: str) -> torch.Tensor | None:
@@ -238,15 +322,19 @@ class McisTrainer(CamTrainer):
         super().__init__(cfg, ds, device)
         self.holders = class_holders(ds.train.labels)
         self._pairs = self._alone = 0
+        self._attention: dict[str, float] = {}
+        self._attention_steps = 0
 
     def build(self) -> McisNet:
-        return McisNet(self.cfg["model"], self.ds.num_fg)
+        m = self.cfg["mcis"]
+        return McisNet(self.cfg["model"], self.ds.num_fg, int(m["extra_convs"]), int(m["extra_width"]))
 
     def batches(self, rng: np.random.Generator, batch_size: int, steps: int) -> list[np.ndarray]:
         """Each step: ``batch_size`` images, then their partners."""
         out = []
         for anchors in super().batches(rng, batch_size, steps):
-            partners, alone = pair_partners(self.ds.train.labels, anchors, rng, self.holders)
+            partners, alone = pair_partners(self.ds.train.labels, anchors, rng, self.holders,
+                                            include_self=self.cfg["mcis"]["self_pairs"] == "as_code")
             self._pairs, self._alone = self._pairs + len(anchors), self._alone + alone
             out.append(np.concatenate([anchors, partners]))
         return out
@@ -257,6 +345,7 @@ class McisTrainer(CamTrainer):
         ya, yb = y[:n], y[n:]
         common = ya * yb
         out = net(x[:n], partner=x[n:])
+        self._observe(out)
         terms = {"cls": classification_loss(out["logits"], y),
                  "co": classification_loss(out["co_logits"], torch.cat([common, common]))}
         if self.cfg["mcis"]["intra_pairs"]:
@@ -272,10 +361,20 @@ class McisTrainer(CamTrainer):
                 terms["contrast"] = c
         return terms
 
+    def _observe(self, out: dict[str, torch.Tensor]) -> None:
+        """Accumulate the co-attention's diagnostics (:func:`attention_stats`) over the epoch."""
+        for k, v in attention_stats(out["affinity"], out.get("features")).items():
+            self._attention[k] = self._attention.get(k, 0.0) + v
+        self._attention_steps += 1
+
     def epoch_metrics(self) -> dict:
-        """``train/self_pairs``: the fraction of this epoch's images paired with themselves."""
-        out = {"train/self_pairs": self._alone / max(1, self._pairs)}
-        self._pairs = self._alone = 0
+        """``train/self_pairs``: the fraction of this epoch's images paired with themselves;
+        ``train/attention/s_std``, ``entropy_ratio`` and ``feature_norm``: the co-attention of
+        the epoch's pairs, averaged over its steps (:func:`attention_stats`)."""
+        out = {"train/self_pairs": self._alone / max(1, self._pairs),
+               **{f"train/attention/{k}": v / max(1, self._attention_steps) for k, v in self._attention.items()}}
+        self._pairs = self._alone = self._attention_steps = 0
+        self._attention = {}
         return out
 
     def evaluate(self, model: nn.Module, net: Callable, save_dir) -> dict:
@@ -287,7 +386,8 @@ class McisTrainer(CamTrainer):
 
     def bind_cams(self, model: McisNet, net: Callable) -> Callable:
         """``bind(split, indices)`` for :func:`evaluate_cams`: the localisation maps of a batch."""
-        partners = PartnerDraw(self.ds, int(self.cfg["mcis"]["test_partners"]), int(self.cfg["train"]["seed"]))
+        partners = PartnerDraw(self.ds, int(self.cfg["mcis"]["test_partners"]), int(self.cfg["train"]["seed"]),
+                               include_self=self.cfg["mcis"]["self_pairs"] == "as_code")
         features = FeatureCache(self.ds, lambda x: net(x.to(self.device))["features"])
 
         def bind(split: str, idx: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -313,27 +413,31 @@ class McisTrainer(CamTrainer):
 
 
 def intra_maps(model: McisNet, net: Callable, z: torch.Tensor, fz: torch.Tensor) -> list[torch.Tensor]:
-    """The code's test-time intra-pair maps at z's feature size: z paired with its flip (both
-    sides, the flipped one mirrored back) and with its 0.75x and 2x rescales (their side)."""
+    """The code's test-time intra-pair maps at z's feature size (test.py l.186-196): z paired
+    with its flip (both maps of the pair, the flipped one mirrored back) and with its 0.75x and
+    2x rescales (the view's map). W stays on z's side of every pair, as in the code."""
     flip, small, large = (net(v)["features"] for v in intra_views(z))
     size = fz.shape[-2:]
-    return [model.co_map(fz, flip), model.co_map(flip, fz).flip(-1),
-            *(F.interpolate(model.co_map(f, fz), size=size, mode="bilinear", align_corners=False)
+    return [model.co_map(fz, flip), model.partner_map(fz, flip).flip(-1),
+            *(F.interpolate(model.partner_map(fz, f), size=size, mode="bilinear", align_corners=False)
               for f in (small, large))]
 
 
 class PartnerDraw:
     """Deterministic test-time partners: for image i of a split and its class c, ``count``
-    training images holding c (drawn with replacement, as the code does; never image i itself
-    on train unless it is the only holder). Returns (split, index) pairs."""
+    training images holding c, drawn with replacement as the code does (test data loader of
+    ``LoadData.py``): among all holders (``include_self``, the code's), or never image i itself
+    on train unless it is the only holder. Returns (split, index) pairs."""
 
-    def __init__(self, ds: SegmentationDataset, count: int, seed: int):
-        self.ds, self.count, self.seed = ds, count, seed
+    def __init__(self, ds: SegmentationDataset, count: int, seed: int, include_self: bool = True):
+        self.ds, self.count, self.seed, self.include_self = ds, count, seed, include_self
         self.holders = class_holders(ds.train.labels)
 
     def draw(self, split: str, i: int, c: int) -> list[tuple[str, int]]:
         rng = np.random.default_rng([self.seed, 0 if split == "train" else 1, int(i), int(c)])
-        others = self.holders[c][self.holders[c] != i] if split == "train" else self.holders[c]
+        others = self.holders[c]
+        if split == "train" and not self.include_self:
+            others = others[others != i]
         if len(others) == 0:
             return [(split, int(i))]
         return [("train", int(p)) for p in rng.choice(others, size=self.count, replace=True)]

@@ -106,6 +106,17 @@ class TrainSettings(Section):
     weight_decay: NonNegative = 1e-5
     new_layer_lr_mult: Positive = 10.0
     """New layers train at this multiple of lr (RRM, SEAM and SC-CAM all use 10)."""
+    bias_lr_mult: Positive = 1.0
+    """Biases train at this multiple of their group's lr (MCIS's code: 2, so new-layer biases
+    at 20x; ``scripts/train.py`` l.64-68). 1 = every parameter of a group alike."""
+    nesterov: bool = False
+    """SGD with Nesterov momentum (MCIS's code); needs ``optimizer: sgd`` and momentum > 0."""
+    schedule: Literal["poly", "step"] = "poly"
+    """poly: lr x (1 - progress) ** poly_power over the round (RRM, SEAM, SC-CAM); step: lr x
+    ``lr_step_factor`` at each epoch of ``lr_steps`` (MCIS's code: 0.1 at epochs 5 and 10 of 15)."""
+    lr_steps: list[PositiveInt] = [5, 10]
+    """step schedule: 0-based epochs (within the round) from which lr is multiplied again."""
+    lr_step_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     poly_power: NonNegative = 0.9
     seed: Count = 0
     num_threads: Count = 0
@@ -122,6 +133,9 @@ class TrainSettings(Section):
     def _scale_range(self) -> "TrainSettings":
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min: must not exceed scale_max ({self.scale_max})")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
+            raise ValueError(f"nesterov: needs optimizer sgd with momentum > 0 (optimizer {self.optimizer}, "
+                             f"momentum {self.momentum})")
         return self
 
 
