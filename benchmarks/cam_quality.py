@@ -44,7 +44,10 @@ EXTRA_ROWS = [
     ("sccam_full", "SC-CAM, 3 full-length rounds (3x the epochs)", "sccam", {"sccam.rounds": 3, "epochs_x": 3}),
     ("mcis_code", "MCIS as its code trains and tests (+ intra-image pairs and maps)", "mcis",
      {"mcis.intra_pairs": True, "mcis.test_intra": True}),
+    ("mcis_backbone", "MCIS on the backbone's features (no extra layers, never self-paired: the earlier model)", "mcis",
+     {"mcis.extra_convs": 0, "mcis.self_pairs": "never"}),
 ]
+ATTENTION = ("s_std", "entropy_ratio", "feature_norm")  # MCIS's train/attention/* (methods/mcis.py)
 
 
 def _run(method: str, config: dict, threads: int) -> dict:
@@ -59,8 +62,9 @@ def _run(method: str, config: dict, threads: int) -> dict:
     hist = METHODS[method].train(config)
     rounds = [h for i, h in enumerate(hist) if "train/round" in h
               and (i + 1 == len(hist) or hist[i + 1]["train/round"] != h["train/round"])]
-    return {**hist[-1], "rounds": [{k: r[k] for k in ("train/round", "train/cam_miou", "val/cam_miou")} for r in rounds],
-            "time/run_s": time.perf_counter() - t0}
+    first = {f"first/{k}": v for k, v in hist[0].items() if k.startswith("train/attention/")}
+    return {**hist[-1], **first, "time/run_s": time.perf_counter() - t0,
+            "rounds": [{k: r[k] for k in ("train/round", "train/cam_miou", "val/cam_miou")} for r in rounds]}
 
 
 def _start_quality(config: dict) -> dict:
@@ -127,6 +131,16 @@ def main() -> None:
             rr = [r["rounds"][i] for r in runs]
             print(f"| &nbsp; after round {i + 1} | {mean_std([x['train/cam_miou'] for x in rr])} | "
                   f"{mean_std([x['val/cam_miou'] for x in rr])} | |")
+    attention = [key for key, *_ in rows if f"train/attention/{ATTENTION[0]}" in results[(key, args.seeds[0])]]
+    if attention:
+        print("\nMCIS's co-attention (train/attention/*, the mean over an epoch's steps), first and last epoch:\n")
+        print("| row | std of S | softmax entropy / uniform | norm of F per position |")
+        print("|---|---|---|---|")
+        for key in attention:
+            runs = [results[(key, s)] for s in args.seeds]
+            cells = [" -> ".join(f"{np.mean([r[f'{w}train/attention/{a}'] for r in runs]):.3g}" for w in ("first/", ""))
+                     for a in ATTENTION]
+            print(f"| {dict((r[0], r[1]) for r in rows)[key]} | " + " | ".join(cells) + " |")
     if args.out:
         Path(args.out).write_text(json.dumps(
             {"seeds": args.seeds, "overrides": args.set, "space": args.space, "seam_scale": args.seam_scale,

@@ -214,14 +214,18 @@ def _run(trainer: Trainer, reporter, start_weights, outputs) -> tuple[list[dict]
             continue
         resuming = saved is not None and epoch > first
         model, optimizer = _start_round(trainer, r, resuming, saved, model, start_weights)
+        if resuming and "torch_rng" in saved:  # dropout masks continue as in an uninterrupted run
+            _torch_rng(trainer.device, saved["torch_rng"])
         for epoch in range(epoch, last):
             metrics = _epoch(trainer, model, optimizer, rng, epoch, (r, first, last), history, outputs)
             ckpt = None
             if reporter.checkpoints and (epoch + 1 == last or (epoch + 1) % int(t["checkpoint_every"]) == 0):
-                # The data order after a checkpoint is drawn from a seed saved in it, so a resumed
-                # run continues exactly as an uninterrupted one.
+                # The data order after a checkpoint is drawn from a seed saved in it, and torch's
+                # random state (dropout) is saved too, so a resumed run continues exactly as an
+                # uninterrupted one.
                 ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "rng_seed": int(rng.integers(2**31)), "extra": dict(trainer.state)}
+                        "rng_seed": int(rng.integers(2**31)), "extra": dict(trainer.state),
+                        "torch_rng": _torch_rng(trainer.device)}
                 rng = np.random.default_rng(ckpt["rng_seed"])
             history.append(metrics)
             reporter.report(metrics, ckpt)
@@ -244,6 +248,19 @@ def _start_round(trainer: Trainer, r: int, resuming: bool, saved: dict | None, p
         trainer.begin_round(r, previous if previous is not None else model)
     model.train()
     return model, optimizer
+
+
+def _torch_rng(device: torch.device, state: dict | None = None) -> dict:
+    """torch's random state (CPU, and the device's on CUDA): returned, or restored from ``state``."""
+    if state is not None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], device)
+        return state
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
 
 
 def _build(trainer: Trainer) -> nn.Module:

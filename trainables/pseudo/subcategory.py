@@ -2,9 +2,10 @@
 Segmentation via Sub-category Exploration"; the sub-category exploration step, as in the public
 code's create_pseudo_label.py). Section/equation numbers are not cited: not verified here.
 
-Per round: GAP features from the previous round's model; per parent class c, k-means (K clusters)
-over the images containing c; an image's label is multi-hot over C*K slots, slot c*K + cluster per
-present class. The caller adds lambda * MLSM(sub logits, y_sub) to the parent MLSM loss.
+Per round: GAP features from the previous round's model; per parent class c, scikit-learn's
+KMeans (K clusters) over the images containing c, with the code's arguments; an image's label is
+multi-hot over C*K slots, slot c*K + cluster per present class. The caller adds
+lambda * MLSM(sub logits, y_sub) to the parent MLSM loss.
 """
 
 from __future__ import annotations
@@ -13,70 +14,48 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 
-def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """(N, D), (K, D) -> (N, K) squared Euclidean distances, clipped at 0."""
-    d = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-def _fill_empty(assign: np.ndarray, dist: np.ndarray, k: int) -> np.ndarray:
-    """Give each empty cluster (ascending id) the point farthest from its own centre, taken only
-    from clusters with more than one member (first index on ties, so deterministic)."""
-    assign = assign.copy()
-    counts = np.bincount(assign, minlength=k)
-    for j in np.flatnonzero(counts == 0):
-        own = np.where(counts[assign] > 1, dist[np.arange(len(assign)), assign], -np.inf)
-        i = int(np.argmax(own))
-        counts[assign[i]] -= 1
-        assign[i], counts[j] = j, 1
-    return assign
-
-
-def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) -> (assignments (N,) int64 in [0, k'), centres (k', D)), k' = min(k, distinct rows).
 
-    k-means++ seeding from ``np.random.default_rng(seed)``, then Lloyd steps until the assignments
-    repeat or no centre moves by ``tol``. Ids are canonical: clusters are numbered by the first
-    point they contain, so id 0 is always the cluster of point 0.
+    scikit-learn's ``KMeans`` as SC-CAM's create_pseudo_label.py:185 calls it:
+    ``KMeans(n_clusters=k, random_state=seed, max_iter=300)`` with the library's other defaults
+    of the time: k-means++ seeding, the lowest-inertia of ``n_init`` = 10 runs, Lloyd steps until
+    the labels repeat or the centres move less than tol = 1e-4 x the mean feature variance.
+    ``n_init`` is passed explicitly because scikit-learn >= 1.4 defaults to a single run. Cluster
+    ids are scikit-learn's, as the code keeps them. Float32 input is clustered in float32, as the
+    code's features are.
 
     Example:
         >>> a, c = kmeans(np.array([[0.0], [0.1], [5.0], [5.1]]), 2, seed=0)
-        >>> a.tolist(), c.ravel().round(2).tolist()
-        ([0, 0, 1, 1], [0.05, 5.05])
+        >>> bool(a[0] == a[1] != a[2] == a[3]), sorted(c.ravel().round(2).tolist())
+        (True, [0.05, 5.05])
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"kmeans needs a non-empty (N, D) array, got shape {x.shape}")
-    if k < 1 or iters < 1:
-        raise ValueError(f"kmeans needs k >= 1 and iters >= 1, got k={k}, iters={iters}")
+    if k < 1 or n_init < 1 or max_iter < 1:
+        raise ValueError(f"kmeans needs k, n_init and max_iter >= 1, got k={k}, n_init={n_init}, max_iter={max_iter}")
+    # KMeans refuses more clusters than points and warns for more than distinct points; the code
+    # never meets either on VOC, small data sets here do.
     k = min(int(k), len(np.unique(x, axis=0)))
-    rng = np.random.default_rng(seed)
-    centres = x[[int(rng.integers(len(x)))]]
-    d2 = ((x - centres[0]) ** 2).sum(1)  # exact differences: copies of a centre get exactly 0
-    while len(centres) < k:  # k-means++: the next centre is drawn with probability ~ D^2
-        pick = x[int(rng.choice(len(x), p=d2 / d2.sum()))]
-        centres, d2 = np.vstack([centres, pick]), np.minimum(d2, ((x - pick) ** 2).sum(1))
-    assign = np.full(len(x), -1, dtype=np.int64)
-    for _ in range(iters):
-        dist = _sq_dist(x, centres)
-        new = _fill_empty(dist.argmin(1).astype(np.int64), dist, k)
-        if np.array_equal(new, assign):
-            break
-        assign = new
-        moved = np.stack([x[assign == j].mean(0) for j in range(k)])
-        shift = float(np.sqrt(((moved - centres) ** 2).sum(1)).max())
-        centres = moved
-        if shift < tol:
-            break
-    _, first = np.unique(assign, return_index=True)
-    order = np.argsort(first)  # order[new id] = old id; its inverse maps old id -> new id
-    return np.argsort(order)[assign].astype(np.int64), centres[order]
+    fit = KMeans(n_clusters=k, init="k-means++", n_init=int(n_init), max_iter=int(max_iter), tol=1e-4,
+                 random_state=int(seed))
+    # One OpenMP thread: KMeans adds its threads' partial centre sums in the order the threads
+    # finish, so with several threads the last bits (and a tied assignment) can vary between runs.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        fit.fit(x)
+    return fit.labels_.astype(np.int64), fit.cluster_centers_
 
 
 def normalise_features(x: np.ndarray, mode: str) -> np.ndarray:
-    """Row-wise feature normalisation before clustering: "l2" (unit rows, eps 1e-12) or "none".
+    """Row-wise feature normalisation before clustering: "l2" (unit rows, eps 1e-12) or "none";
+    float input keeps its dtype, other input becomes float64.
 
     The public SC-CAM code clusters the raw GAP features; "l2" clusters by direction instead.
 
@@ -84,11 +63,13 @@ def normalise_features(x: np.ndarray, mode: str) -> np.ndarray:
         >>> normalise_features(np.array([[3.0, 4.0]]), "l2").tolist()
         [[0.6, 0.8]]
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
     if mode == "l2":
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x64 = x.astype(np.float64)
+        return (x64 / np.maximum(np.linalg.norm(x64, axis=1, keepdims=True), 1e-12)).astype(dtype)
     if mode == "none":
-        return x
+        return x.astype(dtype, copy=False)
     raise ValueError(f"sccam.feature_norm must be 'l2' or 'none', got {mode!r}")
 
 
@@ -104,17 +85,19 @@ class SubcategoryLabels:
 
 
 def subcategory_labels(
-    features: np.ndarray, labels: np.ndarray, k: int, seed: int, feature_norm: str = "none", iters: int = 50
+    features: np.ndarray, labels: np.ndarray, k: int, seed: int, feature_norm: str = "none",
+    n_init: int = 10, max_iter: int = 300,
 ) -> SubcategoryLabels:
-    """Per-class k-means over the images that carry the class (seed + c for class c); the image
+    """Per-class :func:`kmeans` over the images that carry the class, every class with the same
+    ``seed`` (the code's random_state=0 for every class, create_pseudo_label.py:185); the image
     gets slot c*k + cluster for every present class c. Classes with fewer distinct images than
     k use fewer clusters; a class with no image sets no slot.
 
     Example:
         >>> f = np.array([[0.0], [0.1], [9.0], [9.1]])
         >>> y = np.array([[1, 0], [1, 1], [1, 0], [1, 1]])
-        >>> subcategory_labels(f, y, k=2, seed=0).labels.astype(int).tolist()
-        [[1, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 0], [0, 1, 0, 1]]
+        >>> subcategory_labels(f, y, k=2, seed=0).labels.astype(int).tolist()  # ids: KMeans's
+        [[0, 1, 0, 0], [0, 1, 0, 1], [1, 0, 0, 0], [1, 0, 1, 0]]
     """
     features, labels = np.asarray(features), np.asarray(labels)
     if k < 1:
@@ -130,7 +113,7 @@ def subcategory_labels(
         rows = np.flatnonzero(labels[:, c] > 0.5)
         if len(rows) == 0:
             continue
-        cluster, _ = kmeans(x[rows], k, seed=seed + c, iters=iters)
+        cluster, _ = kmeans(x[rows], k, seed=seed, n_init=n_init, max_iter=max_iter)
         assignments[rows, c] = cluster
         out[rows, c * k + cluster] = 1.0
         sizes[c] = np.bincount(cluster, minlength=k)
