@@ -28,12 +28,37 @@ def test_binary_kl_by_hand():
 
 
 def test_same_label_pair_is_the_mean_kl_of_both_directions():
+    # One kind of pair only: AALR's code gives 0 (see below); "mean" shows the group's value.
     probs, labels = _pair([1, 1])
-    loss = affinity_loss(probs, labels, distance=1)
+    loss = affinity_loss(probs, labels, distance=1, single_group="mean")
     assert float(loss) == pytest.approx((KL_10 + KL_01) / 2)
     # Background pairs form their own mean, added to the object one.
-    loss_bg = affinity_loss(probs, torch.tensor([[[0, 0]]]), distance=1)
+    loss_bg = affinity_loss(probs, torch.tensor([[[0, 0]]]), distance=1, single_group="mean")
     assert float(loss_bg) == pytest.approx((KL_10 + KL_01) / 2)
+    # Both kinds in one batch: the two means add up, whatever the switch.
+    both = torch.cat([probs, probs], dim=0)
+    for mode in ("zero", "mean"):
+        loss = affinity_loss(both, torch.tensor([[[1, 1]], [[0, 0]]]), distance=1, single_group=mode)
+        assert float(loss) == pytest.approx(KL_10 + KL_01)
+
+
+@pytest.mark.parametrize("labels", [[1, 1], [0, 0]])
+def test_a_batch_with_one_kind_of_pair_only_gives_zero_as_aalr(labels):
+    # AALR (Affinity_loss.py l.201-215): no different-label pair and only bg-bg (or only obj-obj)
+    # pairs -> loss 0, with a zero gradient.
+    logits = torch.tensor([[[[2.2, 0.4]], [[0.0, 0.0]]]], dtype=torch.float64, requires_grad=True)
+    loss = affinity_loss(torch.softmax(logits, 1), torch.tensor([labels]), distance=1)
+    assert float(loss.detach()) == 0.0
+    (g,) = torch.autograd.grad(loss, logits)
+    assert torch.count_nonzero(g) == 0
+    # With a different-label pair beside them the group keeps its mean (AALR l.122-137): pixels
+    # p0, p1, p0 labelled l, l, 2; the pair (0, 1) is pulled, the pair (1, 2) pushed.
+    probs, _ = _pair(labels)
+    probs3 = torch.cat([probs, probs[..., :1]], dim=-1)
+    got = affinity_loss(probs3, torch.tensor([[labels + [2]]]), distance=1, margin=3.0, diff_weight=2.0)
+    assert float(got) == pytest.approx((KL_10 + KL_01) / 2 + 2.0 * (3 - (KL_10 + KL_01) / 2))
+    with pytest.raises(ValueError, match="loss.affinity.single_group='none'"):
+        affinity_loss(probs, torch.tensor([labels]), distance=1, single_group="none")
 
 
 def test_different_label_pair_is_a_weighted_hinge():
@@ -55,7 +80,8 @@ def test_different_label_pair_is_a_weighted_hinge():
 def test_same_label_pull_is_confidence_weighted():
     probs, labels = _pair([2, 2])
     conf = torch.tensor([[[0.3, 0.8]]], dtype=torch.float64)
-    assert float(affinity_loss(probs, labels, conf, distance=1)) == pytest.approx(0.8 * (KL_10 + KL_01) / 2)
+    loss = affinity_loss(probs, labels, conf, distance=1, single_group="mean")
+    assert float(loss) == pytest.approx(0.8 * (KL_10 + KL_01) / 2)
 
 
 def test_pairs_with_an_ignored_pixel_are_skipped():
@@ -76,7 +102,7 @@ def test_eight_neighbours_at_distance():
     p = torch.zeros(1, 2, 3, 3, dtype=torch.float64)
     p[..., :, :] = probs[..., :1]  # every pixel p0 ...
     p[0, :, 0, 0] = probs[0, :, 0, 1]  # ... but the corner p1: the corner-centre pair is diagonal
-    assert float(affinity_loss(p, labels, distance=1)) == pytest.approx((KL_10 + KL_01) / 2)
+    assert float(affinity_loss(p, labels, distance=1, single_group="mean")) == pytest.approx((KL_10 + KL_01) / 2)
     assert float(affinity_loss(p, labels, distance=2)) == 0.0  # no labelled pair at distance 2
 
 

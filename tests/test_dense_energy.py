@@ -1,5 +1,6 @@
 """Dense energy loss: a 3-pixel case by hand, the exact filter against a brute-force double loop,
-the bilateral grid against the exact filter, gradients (gradcheck, RRM's backward), the gate."""
+the bilateral grid against the exact filter, gradients (gradcheck, RRM's backward), the gate, and
+RRM's conventions around the filter (resize order, image resize, scaled size, feature order)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.losses.dense_energy import (bilateral_filter_exact, bilateral_filter_lattice, choose_filter,
-                                     dense_energy_loss, permutohedral_filter)
+from trainables.losses.dense_energy import (bilateral_features, bilateral_filter_exact, bilateral_filter_lattice,
+                                            choose_filter, dense_energy_loss, permutohedral_filter)
 
 
 def _three_pixels():
@@ -171,3 +172,84 @@ def test_choose_filter():
     assert choose_filter("lattice", 4) == "lattice"
     with pytest.raises(ValueError, match="loss.dense.impl='fast'"):
         choose_filter("fast", 4)
+
+
+# RRM's conventions around the filter (DenseEnergyLoss.py l.62-67, myTool.py l.85-90,
+# bilateralfilter.cpp l.9-10), each pinned by a case where only that convention matters. All
+# pixels unlabelled (gate 1); sigma_xy 2 at scale 0.5 is 1 px of the half-scale map.
+A, D = math.exp(-0.5), math.exp(-1.0)  # Gaussian of an axial / diagonal neighbour at 1 px
+
+
+def test_half_scale_size_is_floored_at_odd_crops():
+    # A uniform 7x7 crop: S = (0.5, 0.5) everywhere, one colour, so L = -sum_k p_k^2 * sum_ij W_ij
+    # and the 2-D Gaussian sum is the square of the 1-D one over the rows of the map.
+    logits, image = torch.zeros(1, 2, 7, 7, dtype=torch.float64), torch.zeros(1, 3, 7, 7, dtype=torch.float64)
+    pseudo = torch.full((1, 7, 7), 255)
+    row = {n: sum(math.exp(-0.5 * (a - b) ** 2) for a in range(n) for b in range(n)) for n in (3, 4)}
+    got = dense_energy_loss(logits, image, pseudo, sigma_xy=2.0, scale=0.5, impl="exact")
+    assert float(got) == pytest.approx(-0.5 * row[3] ** 2)  # floor(3.5) = 3, as RRM
+    rounded = dense_energy_loss(logits, image, pseudo, sigma_xy=2.0, scale=0.5, impl="exact", size_rounding="round")
+    assert float(rounded) == pytest.approx(-0.5 * row[4] ** 2)
+
+
+def test_image_is_halved_by_nearest_neighbour():
+    # 4x4 -> 2x2: nearest keeps pixels (0, 0), (0, 2), (2, 0), (2, 2); bilinear averages 2x2
+    # blocks. Only pixel (0, 0) is red 30, so the top-left map pixel is red 30 (nearest) or 7.5.
+    logits = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    image = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    image[0, 0, 0, 0] = 30.0
+    pseudo = torch.full((1, 4, 4), 255)
+
+    def expected(red: float) -> float:
+        colour = math.exp(-red ** 2 / (2 * 10.0 ** 2))
+        # W over the 2x2 map: 4 self terms, pairs among the three black pixels (2 axial, 1
+        # diagonal), and the same pairs to the red pixel times its colour term; both directions.
+        return -0.5 * (4 + 2 * (1 + colour) * (2 * A + D))
+
+    got = dense_energy_loss(logits, image, pseudo, sigma_rgb=10.0, sigma_xy=2.0, scale=0.5, impl="exact")
+    assert float(got) == pytest.approx(expected(30.0))
+    bilinear = dense_energy_loss(logits, image, pseudo, sigma_rgb=10.0, sigma_xy=2.0, scale=0.5, impl="exact",
+                                 image_resize="bilinear")
+    assert float(bilinear) == pytest.approx(expected(7.5))
+
+
+def test_softmax_is_taken_at_crop_size_before_the_resize():
+    # 2x4 -> 1x2: bilinear at exactly half size averages each 2x2 block. Block 0 has class-0
+    # logits (4, 0, 0, 0), block 1 zeros; class 1 is all zeros. One colour.
+    logits = torch.zeros(1, 2, 2, 4, dtype=torch.float64)
+    logits[0, 0, 0, 0] = 4.0
+    image = torch.zeros(1, 3, 2, 4, dtype=torch.float64)
+    pseudo = torch.full((1, 2, 4), 255)
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731  (two-class softmax)
+
+    def expected(q0: float) -> float:  # map pixels (q0, 1 - q0) and (0.5, 0.5), W = [[1, A], [A, 1]]
+        left, right = (q0, 1 - q0), (0.5, 0.5)
+        return -sum(l * (l + A * r) + r * (A * l + r) for l, r in zip(left, right))
+
+    got = dense_energy_loss(logits, image, pseudo, sigma_xy=2.0, scale=0.5, impl="exact")
+    assert float(got) == pytest.approx(expected((sig(4.0) + 1.5) / 4))  # the mean of the probabilities
+    logits_first = dense_energy_loss(logits, image, pseudo, sigma_xy=2.0, scale=0.5, impl="exact", resize="logits")
+    assert float(logits_first) == pytest.approx(expected(sig(1.0)))  # the softmax of the mean logit
+
+
+def test_lattice_features_are_x_then_y():
+    # bilateralfilter.cpp l.9-10: features [x, y, r, g, b], pixels row by row.
+    image = torch.zeros(1, 3, 2, 3)
+    image[0, :, 1, 2] = torch.tensor([30.0, 60.0, 90.0])
+    f = bilateral_features(image, sigma_rgb=30.0, sigma_xy=2.0)
+    assert f.shape == (1, 6, 5)
+    assert f[0, 5].tolist() == [1.0, 0.5, 1.0, 2.0, 3.0]  # y = 1, x = 2
+    assert bilateral_features(image, 30.0, 2.0, order="yx")[0, 5].tolist() == [0.5, 1.0, 1.0, 2.0, 3.0]
+    # The exact kernel does not care; the lattice does, and the switch reaches it.
+    photo, pseudo = _photo(24), torch.full((1, 24, 24), 255)
+    logits = torch.randn(1, 3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    loss = {(impl, o): float(dense_energy_loss(logits, photo, pseudo, sigma_xy=10.0, scale=1.0, impl=impl,
+                                               feature_order=o))
+            for impl in ("exact", "lattice") for o in ("xy", "yx")}
+    assert loss["exact", "xy"] == pytest.approx(loss["exact", "yx"], rel=1e-12)
+    probs = torch.softmax(logits, 1)
+    direct = -(probs * bilateral_filter_lattice(photo, probs, 15.0, 10.0, order="xy")).sum()
+    assert loss["lattice", "xy"] == pytest.approx(float(direct), rel=1e-9)
+    assert loss["lattice", "xy"] != pytest.approx(loss["lattice", "yx"], rel=1e-6)
+    with pytest.raises(ValueError, match="loss.dense.feature_order='zx'"):
+        bilateral_features(image, 30.0, 2.0, order="zx")

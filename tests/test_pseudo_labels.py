@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.pseudo.labels import PseudoLabelConfig, batch_reliable_labels, dense_crf, reliable_labels
+from trainables.pseudo.labels import (PAD_MEAN_RGB, PseudoLabelConfig, batch_reliable_labels, crf_image, dense_crf,
+                                      refine, reliable_labels)
 
 IGN = 255
 
@@ -186,15 +187,37 @@ def test_dense_crf_matches_direct_pydensecrf_call():
     assert np.abs(got - probs).max() > 1e-3
 
 
-def test_dense_crf_is_invariant_to_per_pixel_scaling():
-    # The wrapper renormalises per pixel, so unnormalised [bg; CAM] scores give the same marginals.
+def test_dense_crf_is_invariant_to_per_pixel_scaling_while_nothing_is_clipped():
+    # Rescaling a pixel's scores shifts its unary by a constant: the marginals do not change as
+    # long as every score stays inside pydensecrf's clip [1e-5, 1]; normalised input never clips.
     rng = np.random.default_rng(1)
     k, h, w = 2, 5, 6
     rgb = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
     probs = _random_probs(rng, k, h, w)
-    scale = rng.uniform(0.2, 3.0, (1, h, w)).astype(np.float32)
+    scale = rng.uniform(0.2, 1.0, (1, h, w)).astype(np.float32)
     cfg = PseudoLabelConfig(crf_iterations=3)
+    assert cfg.crf_input == "scores"
     np.testing.assert_allclose(dense_crf(rgb, probs * scale, cfg), dense_crf(rgb, probs, cfg), atol=1e-4)
+    cfg = PseudoLabelConfig(crf_iterations=3, crf_input="normalised")
+    wide = rng.uniform(1e-7, 3.0, (1, h, w)).astype(np.float32)
+    np.testing.assert_allclose(dense_crf(rgb, probs * wide, cfg), dense_crf(rgb, probs, cfg), atol=1e-4)
+
+
+def test_dense_crf_takes_the_scores_as_given_below_the_clip():
+    # RRM passes [bg; CAM] to unary_from_softmax as they are (tool/myTool.py l.11-13, imutils.py
+    # l.354). A one-pixel image whose scores (2e-6, 1e-6) both fall under the 1e-5 clip gets a flat
+    # unary: the marginal is uniform. Normalised first, the same pixel is (2/3, 1/3) and keeps it.
+    rgb = np.zeros((1, 1, 3), np.uint8)
+    scores = np.array([2e-6, 1e-6], np.float32).reshape(2, 1, 1)
+    np.testing.assert_allclose(dense_crf(rgb, scores, PseudoLabelConfig())[:, 0, 0], [0.5, 0.5], atol=1e-6)
+    normalised = dense_crf(rgb, scores, PseudoLabelConfig(crf_input="normalised"))[:, 0, 0]
+    assert normalised[0] > 0.6
+    # refine() hands the dense CRF the maps as they are; PAR still gets them normalised.
+    maps = torch.from_numpy(scores)[None]
+    torch.testing.assert_close(refine(rgb[None], [maps], PseudoLabelConfig())[0][0, :, 0, 0],
+                               torch.tensor([0.5, 0.5]), atol=1e-6, rtol=0)
+    par = refine(rgb[None], [maps], PseudoLabelConfig(refiner="par", par_scale=1.0))[0][0, :, 0, 0]
+    torch.testing.assert_close(par, torch.tensor([2 / 3, 1 / 3]), atol=1e-5, rtol=0)
 
 
 def test_batch_reliable_labels_matches_per_image_and_marks_padding():
@@ -219,6 +242,45 @@ def test_batch_reliable_labels_matches_per_image_and_marks_padding():
     assert (unpadded[0, 0, :2] == 0).all() and (unpadded[1, :, 0] == 0).all()
     assert (out[~valid] == IGN).all()
     torch.testing.assert_close(out[valid], unpadded[valid])
+
+
+def test_padding_keeps_its_labels_with_the_label_switch():
+    # RRM labels the whole crop, padding included, and trains CE on it (myTool.py l.79-102);
+    # pseudo.padding: label reproduces that, the default ignores padding (not image).
+    rng = np.random.default_rng(3)
+    cams = torch.from_numpy(rng.random((1, 2, 4, 5)).astype(np.float32))
+    cams[..., :2] = 0.0
+    labels, rgb = torch.tensor([[1.0, 1.0]]), rng.integers(0, 256, (1, 4, 5, 3)).astype(np.uint8)
+    valid = torch.ones(1, 4, 5, dtype=torch.bool)
+    valid[0, :, :2] = False
+    for crf in (False, True):
+        cfg = PseudoLabelConfig(crf=crf, crf_iterations=2, crf_confidence=0.0, fg_percentile=0.0)
+        assert (batch_reliable_labels(rgb, cams, labels, cfg, valid)[~valid] == IGN).all()
+        kept = batch_reliable_labels(rgb, cams, labels, cfg.model_copy(update={"padding": "label"}), valid)
+        assert (kept[~valid] == 0).all()  # zero CAM: reliable background, as RRM would train it
+
+
+def test_the_crf_sees_padding_in_the_mean_colour():
+    # RRM pads the normalised crop with 0, i.e. the ImageNet mean once turned back into uint8
+    # (myTool.py l.184, l.217-219); the CRF of the real pixels beside it sees that colour.
+    assert PAD_MEAN_RGB.tolist() == [123, 116, 103]
+    rng = np.random.default_rng(7)
+    rgb = (np.array([120, 115, 100]) + rng.integers(-8, 9, (1, 8, 8, 3))).astype(np.uint8)
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    valid[0, :2] = False
+    rgb[~valid.numpy()] = 0  # the batch's padding is black
+    filled = crf_image(rgb, valid, "mean")
+    assert (filled[0, :2] == PAD_MEAN_RGB).all() and np.array_equal(filled[0, 2:], rgb[0, 2:])
+    assert crf_image(rgb, valid, "black") is rgb
+    cams = torch.from_numpy(rng.random((1, 2, 8, 8)).astype(np.float32) ** 2)
+    labels = torch.tensor([[1.0, 1.0]])
+    cfg = PseudoLabelConfig(crf_iterations=3, crf_confidence=0.0, fg_percentile=0.0)
+    _, conf = batch_reliable_labels(rgb, cams, labels, cfg, valid, return_confidence=True)
+    _, filled_conf = batch_reliable_labels(filled, cams, labels, cfg, return_confidence=True)
+    _, black = batch_reliable_labels(rgb, cams, labels, cfg.model_copy(update={"pad_colour": "black"}), valid,
+                                     return_confidence=True)
+    torch.testing.assert_close(conf[valid], filled_conf[valid])
+    assert (conf[valid] - black[valid]).abs().max() > 1e-3
 
 
 def test_confidence_is_the_crf_marginal_of_each_reliable_label():

@@ -147,3 +147,41 @@ def test_float32net_runs_the_network_in_bf16_and_returns_float32():
     assert not torch.equal(got, ref)  # bfloat16 rounding happened
     torch.testing.assert_close(got, ref, atol=0.1, rtol=0.05)
     assert torch.equal(Float32Net(model, "off", torch.device("cpu"))(x)["seg"], ref)
+
+
+def test_classifier_sees_dropout_in_training_and_not_in_eval():
+    # RRM's dropout7 (Dropout2d 0.5) before the pooled classifier, training only; its CAMs come
+    # from the features without it (network/RRM.py l.12, l.30-35).
+    import torch
+
+    from trainables.data.registry import load_dataset
+    from trainables.methods.single_stage import SingleStageTrainer
+    from trainables.nets.segmentation import SingleStageNet
+
+    cfg = METHODS["aal"].resolve(TINY)
+    assert cfg["loss"]["cls"]["dropout"] == 0.5
+    net = SingleStageTrainer(cfg, load_dataset(TINY["data"]), torch.device("cpu")).build()
+    assert isinstance(net.cls_dropout, torch.nn.Dropout2d) and net.cls_dropout.p == 0.5
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    net.eval()
+    out = net(x)
+    torch.testing.assert_close(out["logits"], out["cam_raw"].mean(dim=(2, 3)))
+    net.train()
+    seen = []
+    hook = net.classifier.register_forward_hook(lambda m, args, y: seen.append(args[0]))
+    out = net(x)
+    hook.remove()
+    dense, pooled = seen  # the CAM pass on the features, then the pooled, dropped-out features
+    assert pooled.shape[-2:] == (1, 1)
+    channels = pooled.abs().amax(dim=(2, 3))
+    feats_mean = dense.mean(dim=(2, 3))
+    dropped = (channels == 0) & (feats_mean != 0)
+    assert dropped.any() and not dropped.all()  # whole channels are zeroed ...
+    torch.testing.assert_close(pooled[..., 0, 0][~dropped], 2 * feats_mean[~dropped])  # ... the rest scaled by 1/(1-p)
+    assert not torch.allclose(out["logits"], out["cam_raw"].mean(dim=(2, 3)))
+    # 0 turns it off: the logits are the mean of the dense classifier output again.
+    plain = SingleStageNet(TINY["model"], 3, cls_dropout=0.0).train()
+    out = plain(x)
+    assert plain.cls_dropout is None
+    torch.testing.assert_close(out["logits"], out["cam_raw"].mean(dim=(2, 3)))

@@ -15,7 +15,9 @@ source is not published by AALR (this project's choice, a switch): the CRF proba
 pixel's pseudo label (``crf``), the normalised CAM of its label (``cam``; background uses the
 bg score), or the detached predicted probability of its label (``pred``). A same-label pair of
 two different foreground classes cannot occur: those are different-label pairs.
-Each mean is over its own pairs; an empty group contributes 0 (never NaN).
+Each mean is over its own pairs; an empty group contributes 0 (never NaN). A batch whose pairs
+are all of one same-label group (only bg-bg, or only obj-obj, and no different-label pair) gives
+0, as AALR's code does (``single_group="zero"``); ``"mean"`` gives that group's mean instead.
 """
 
 from __future__ import annotations
@@ -51,13 +53,16 @@ def binary_kl(p_from: torch.Tensor, p_to: torch.Tensor) -> torch.Tensor:
 
 
 def affinity_loss(probs: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor | None = None, *,
-                  distance: int = 4, margin: float = 3.0, diff_weight: float = 2.0) -> torch.Tensor:
+                  distance: int = 4, margin: float = 3.0, diff_weight: float = 2.0,
+                  single_group: str = "zero") -> torch.Tensor:
     """The adaptive affinity loss of a batch (module docstring).
 
     ``probs`` (B, C+1, H, W) softmax of the segmentation logits, ``labels`` (B, H, W) pseudo
     labels (0 background, 255 ignored), ``confidence`` (B, H, W) in [0, 1] or None (w = 1, the
-    plain AAF loss).
+    plain AAF loss). ``single_group``: ``zero`` or ``mean`` for a batch with one kind of pair.
     """
+    if single_group not in ("zero", "mean"):
+        raise ValueError(f"loss.affinity.single_group={single_group!r}: choose zero or mean")
     if confidence is None:
         confidence = torch.ones_like(labels, dtype=probs.dtype)
     confidence = confidence.to(probs.dtype).detach()
@@ -82,6 +87,9 @@ def affinity_loss(probs: torch.Tensor, labels: torch.Tensor, confidence: torch.T
             value = w * kl if name != "diff" else (margin * w - kl).clamp_min(0.0)
             sums[name] = sums[name] + value[mask].sum()
             counts[name] += n
+    if single_group == "zero" and counts["diff"] == 0 and (counts["bg"] == 0) != (counts["obj"] == 0):
+        # AALR, Affinity_loss.py l.201-215: no edge pair and one kind of non-edge pair -> 0.
+        return zero
     mean = {k: sums[k] / counts[k] if counts[k] else sums[k] for k in sums}
     return mean["bg"] + mean["obj"] + diff_weight * mean["diff"]
 

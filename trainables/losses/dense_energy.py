@@ -21,6 +21,12 @@ Two implementations of the filtering y = W v:
 The gradient: this module lets autograd differentiate L with the gate held constant, which gives
 -(G * W S + W (G * S)) / N. RRM's hand-written backward returns -2 G * W S / N (exact only when
 the gate is constant over the image); ``rrm_gradient=True`` reproduces it.
+
+The conventions around the filter follow RRM's code by default, each a keyword argument (and a
+``loss.dense`` switch) that selects this project's former one: S is the softmax at crop size
+resized to ``scale`` (``resize="probs"``; ``"logits"`` resizes the logits and softmaxes after);
+the image is resized by nearest neighbour (``image_resize``); the scaled size is floored
+(``size_rounding``); the lattice's features are [x, y, r, g, b] (``feature_order``).
 """
 
 from __future__ import annotations
@@ -34,20 +40,29 @@ from trainables.data.dataset import IGNORE_INDEX
 
 
 
-def _features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
-    """(B, 3, H, W) RGB in 0-255 -> (B, N, 5) features [y, x, r, g, b] in units of sigma."""
+def bilateral_features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float, order: str = "xy") -> torch.Tensor:
+    """(B, 3, H, W) RGB in 0-255 -> (B, N, 5) features in units of sigma, pixels row by row:
+    [x, y, r, g, b] (``order="xy"``, as RRM's bilateralfilter.cpp l.9-10) or [y, x, r, g, b]
+    (``"yx"``). The exact kernel does not depend on the order; the lattice does, slightly.
+
+    Example:
+        >>> bilateral_features(torch.zeros(1, 3, 2, 3), 1.0, 1.0)[0, 5, :2].tolist()  # y = 1, x = 2
+        [2.0, 1.0]
+    """
+    if order not in ("xy", "yx"):
+        raise ValueError(f"loss.dense.feature_order={order!r}: choose xy or yx")
     b, _, h, w = image.shape
     yy, xx = torch.meshgrid(torch.arange(h, device=image.device, dtype=image.dtype),
                             torch.arange(w, device=image.device, dtype=image.dtype), indexing="ij")
-    pos = torch.stack([yy, xx]).expand(b, 2, h, w) / sigma_xy
+    pos = torch.stack([xx, yy] if order == "xy" else [yy, xx]).expand(b, 2, h, w) / sigma_xy
     return torch.cat([pos, image / sigma_rgb], dim=1).flatten(2).transpose(1, 2)
 
 
 def bilateral_filter_exact(image: torch.Tensor, values: torch.Tensor, sigma_rgb: float, sigma_xy: float,
-                           chunk: int = 2048) -> torch.Tensor:
+                           chunk: int = 2048, order: str = "xy") -> torch.Tensor:
     """y_i = sum_j W_ij v_j (j = i included) for (B, 3, H, W) images and (B, K, H, W) values."""
     b, k, h, w = values.shape
-    f = _features(image.to(values.dtype), sigma_rgb, sigma_xy)  # (B, N, 5)
+    f = bilateral_features(image.to(values.dtype), sigma_rgb, sigma_xy, order)  # (B, N, 5)
     v = values.flatten(2).transpose(1, 2)  # (B, N, K)
     sq = (f * f).sum(-1)  # (B, N)
     out = []
@@ -137,11 +152,11 @@ def permutohedral_filter(feat: torch.Tensor, values: torch.Tensor) -> torch.Tens
 
 
 def bilateral_filter_lattice(image: torch.Tensor, values: torch.Tensor, sigma_rgb: float,
-                             sigma_xy: float) -> torch.Tensor:
+                             sigma_xy: float, order: str = "xy") -> torch.Tensor:
     """:func:`bilateral_filter_exact` approximated by :func:`permutohedral_filter`, per image,
-    divided by :data:`LATTICE_GAIN`."""
+    divided by :data:`LATTICE_GAIN`. The lattice's output depends on the feature ``order``."""
     b, k, h, w = values.shape
-    f = _features(image.to(values.dtype), sigma_rgb, sigma_xy)
+    f = bilateral_features(image.to(values.dtype), sigma_rgb, sigma_xy, order)
     out = [permutohedral_filter(f[n], values[n].flatten(1).t()).t().reshape(k, h, w) for n in range(b)]
     return torch.stack(out) / LATTICE_GAIN
 
@@ -172,25 +187,52 @@ class _RRMGradient(torch.autograd.Function):
         return -2.0 * grad * gate * filtered / filtered.shape[0], None, None
 
 
+def scaled_size(height: int, width: int, scale: float, rounding: str = "floor") -> tuple[int, int]:
+    """The map size at ``scale``: floored (``rounding="floor"``, what RRM's
+    ``F.interpolate(..., scale_factor=0.5)`` gives, DenseEnergyLoss.py l.64-67) or rounded to
+    the nearest integer (``"round"``, Python's rounding); at least 1.
+
+    Example:
+        >>> scaled_size(7, 321, 0.5), scaled_size(7, 321, 0.5, "round")
+        ((3, 160), (4, 160))
+    """
+    if rounding not in ("floor", "round"):
+        raise ValueError(f"loss.dense.size_rounding={rounding!r}: choose floor or round")
+    cut = math.floor if rounding == "floor" else round
+    return max(1, int(cut(height * scale))), max(1, int(cut(width * scale)))
+
+
 def dense_energy_loss(seg_logits: torch.Tensor, image: torch.Tensor, pseudo: torch.Tensor,
                       valid: torch.Tensor | None = None, *, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
-                      scale: float = 0.5, impl: str = "auto", rrm_gradient: bool = False) -> torch.Tensor:
+                      scale: float = 0.5, impl: str = "auto", rrm_gradient: bool = False,
+                      resize: str = "probs", image_resize: str = "nearest", size_rounding: str = "floor",
+                      feature_order: str = "xy") -> torch.Tensor:
     """The gated dense energy loss of a batch (see module docstring).
 
     ``seg_logits`` (B, C+1, H, W) at crop size, ``image`` (B, 3, H, W) RGB 0-255 float,
     ``pseudo`` (B, H, W) reliable labels with 255 ignored, ``valid`` (B, H, W) bool crop region.
-    Maps are resized by ``scale`` (bilinear for S, nearest for labels and region, as RRM), and
-    sigma_xy scales with them. The raw sum is returned: RRM weights it by about 1e-7.
+    Maps are resized by ``scale`` to :func:`scaled_size` (bilinear for S, ``image_resize`` for
+    the image, nearest for labels and region), and sigma_xy scales with them. Defaults follow
+    RRM's code (module docstring). The raw sum is returned: RRM weights it by about 1e-7.
     """
+    if resize not in ("probs", "logits"):
+        raise ValueError(f"loss.dense.resize={resize!r}: choose probs or logits")
+    if image_resize not in ("nearest", "bilinear"):
+        raise ValueError(f"loss.dense.image_resize={image_resize!r}: choose nearest or bilinear")
+    dtype = torch.promote_types(seg_logits.dtype, torch.float32)  # fp32 at least, fp64 kept
+    # RRM softmaxes at crop size and resizes the probabilities (myTool.py l.85-90, DenseEnergyLoss.py l.65).
+    maps = torch.softmax(seg_logits.to(dtype), dim=1) if resize == "probs" else seg_logits
     if scale != 1.0:
-        size = (max(1, round(seg_logits.shape[-2] * scale)), max(1, round(seg_logits.shape[-1] * scale)))
-        seg_logits = F.interpolate(seg_logits, size=size, mode="bilinear", align_corners=False)
-        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        # Sizes as RRM's interpolate of its time: floored, sampled by the size ratio.
+        size = scaled_size(seg_logits.shape[-2], seg_logits.shape[-1], scale, size_rounding)
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        # RRM's image: F.interpolate's default mode, nearest (DenseEnergyLoss.py l.64).
+        image = F.interpolate(image, size=size, mode=image_resize,
+                              **({} if image_resize == "nearest" else {"align_corners": False}))
         pseudo = F.interpolate(pseudo[:, None].float(), size=size, mode="nearest")[:, 0].long()
         if valid is not None:
             valid = F.interpolate(valid[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
-    dtype = torch.promote_types(seg_logits.dtype, torch.float32)  # fp32 at least, fp64 kept
-    probs = torch.softmax(seg_logits.to(dtype), dim=1)
+    probs = maps if resize == "probs" else torch.softmax(maps.to(dtype), dim=1)
     region = torch.ones_like(probs[:, 0]) if valid is None else valid.to(probs.dtype)
     probs = probs * region[:, None]
     with torch.no_grad():
@@ -200,7 +242,7 @@ def dense_energy_loss(seg_logits: torch.Tensor, image: torch.Tensor, pseudo: tor
     filt = FILTERS[name]
     if rrm_gradient:
         with torch.no_grad():
-            filtered = filt(image.to(dtype), probs, sigma_rgb, sigma_xy * scale)
+            filtered = filt(image.to(dtype), probs, sigma_rgb, sigma_xy * scale, order=feature_order)
         return _RRMGradient.apply(probs, filtered, gate)
-    filtered = filt(image.to(dtype), probs, sigma_rgb, sigma_xy * scale)
+    filtered = filt(image.to(dtype), probs, sigma_rgb, sigma_xy * scale, order=feature_order)
     return -(probs * gate * filtered).sum() / probs.shape[0]

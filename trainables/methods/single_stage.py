@@ -50,6 +50,15 @@ class SingleStageTrain(TrainSettings):
     """weak: reliable pseudo labels (the method); full: ground-truth masks (the upper bound)."""
 
 
+class ClsTerm(LossTerm):
+    """Multilabel soft-margin loss on the image logits (docs/single_stage.md §3)."""
+
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    """Channel dropout (Dropout2d) on the features the image logits are pooled from, in training
+    only, as RRM's ``dropout7`` before ``fc8`` (network/RRM.py l.12 and l.35); the CAMs and the
+    segmentation head see the features without it. 0 turns it off (this project's former net)."""
+
+
 class CeTerm(LossTerm):
     """Balanced cross-entropy on the reliable pixels (docs/single_stage.md §3)."""
 
@@ -73,6 +82,18 @@ class DenseTerm(LossTerm):
     scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     impl: Literal["auto", "exact", "lattice"] = "auto"
     rrm_gradient: bool = False
+    resize: Literal["probs", "logits"] = "probs"
+    """What is resized to ``scale``: the softmax taken at crop size (RRM: tool/myTool.py l.85-90,
+    DenseEnergyLoss.py l.65) or the logits, softmaxed after (this project's former order)."""
+    image_resize: Literal["nearest", "bilinear"] = "nearest"
+    """How the image is resized to ``scale``: nearest neighbour, F.interpolate's default that
+    RRM's call keeps (DenseEnergyLoss.py l.64), or bilinear (this project's former choice)."""
+    size_rounding: Literal["floor", "round"] = "floor"
+    """The scaled size: floor(crop * scale), as RRM's interpolate gives, or rounded (this
+    project's former choice); they differ at odd crops (e.g. 7 * 0.5: 3 or 4)."""
+    feature_order: Literal["xy", "yx"] = "xy"
+    """The lattice's position features: [x, y] as RRM's bilateralfilter.cpp (l.9-10) or [y, x]
+    (this project's former order). The exact filter does not depend on it."""
 
 
 class AffinityTerm(LossTerm):
@@ -84,6 +105,10 @@ class AffinityTerm(LossTerm):
     margin: NonNegative = 3.0
     diff_weight: NonNegative = 2.0
     confidence: Literal["crf", "cam", "pred"] = "crf"
+    single_group: Literal["zero", "mean"] = "zero"
+    """A batch whose usable pairs are all background-background or all object-object (no
+    different-label pair): 0, as AALR's code returns (Affinity_loss.py l.201-215), or that
+    group's mean, as every other batch gets (this project's former value)."""
 
 
 class ReassignTerm(LossTerm):
@@ -103,6 +128,7 @@ class ReassignTerm(LossTerm):
 
 
 class SingleStageLosses(ClassificationLosses):
+    cls: ClsTerm = ClsTerm()
     ce: CeTerm = CeTerm()
     dense: DenseTerm = DenseTerm()
     affinity: AffinityTerm = AffinityTerm()
@@ -163,7 +189,9 @@ def _dense_term(ctx: StepContext) -> torch.Tensor:
     rgb = torch.from_numpy(np.ascontiguousarray(ctx.batch.rgb)).to(dev).permute(0, 3, 1, 2).float()
     return dense_energy_loss(ctx.seg_logits, rgb, ctx.pseudo, ctx.batch.valid.to(dev),
                              sigma_rgb=float(c["sigma_rgb"]), sigma_xy=float(c["sigma_xy"]), scale=float(c["scale"]),
-                             impl=str(c["impl"]), rrm_gradient=bool(c["rrm_gradient"]))
+                             impl=str(c["impl"]), rrm_gradient=bool(c["rrm_gradient"]), resize=str(c["resize"]),
+                             image_resize=str(c["image_resize"]), size_rounding=str(c["size_rounding"]),
+                             feature_order=str(c["feature_order"]))
 
 
 def _affinity_term(ctx: StepContext) -> torch.Tensor:
@@ -178,7 +206,7 @@ def _affinity_term(ctx: StepContext) -> torch.Tensor:
     else:
         conf = pixel_confidence(source, ctx.pseudo, crf_confidence=ctx.pseudo_confidence)
     return affinity_loss(probs, ctx.pseudo, conf, distance=int(c["distance"]), margin=float(c["margin"]),
-                         diff_weight=float(c["diff_weight"]))
+                         diff_weight=float(c["diff_weight"]), single_group=str(c["single_group"]))
 
 
 def _reassign(ctx: StepContext, relabel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -318,7 +346,8 @@ class SingleStageTrainer(Trainer):
 
     def build(self) -> SingleStageNet:
         embed = int(self.cfg["loss"]["reassign"]["embed_dim"]) if "reassign" in self.active else 0
-        return SingleStageNet(self.cfg["model"], self.ds.num_fg, embed_dim=embed)
+        return SingleStageNet(self.cfg["model"], self.ds.num_fg, embed_dim=embed,
+                              cls_dropout=float(self.cfg["loss"]["cls"]["dropout"]))
 
     def _seg_on(self, epoch: int) -> bool:
         return epoch >= int(self.cfg["train"]["seg_warmup_epochs"])

@@ -20,9 +20,12 @@ class SingleStageNet(nn.Module):
     ``seg`` (B, C+1, h, w) segmentation logits; ``features`` (B, F, h, w); with ``embed_dim`` > 0
     also ``embed`` (B, embed_dim, h, w), a 1x1 projection of the segmentation head's hidden
     features (the label reassign loss's embedding head, docs/single_stage.md §3).
+
+    ``cls_dropout`` > 0: in training, ``logits`` come from the features after channel dropout
+    (RRM's ``dropout7`` before ``fc8``, network/RRM.py l.35); ``cam_raw`` never sees it.
     """
 
-    def __init__(self, model_cfg: dict, num_fg: int, embed_dim: int = 0):
+    def __init__(self, model_cfg: dict, num_fg: int, embed_dim: int = 0, cls_dropout: float = 0.0):
         super().__init__()
         self.backbone = build_backbone(model_cfg)
         f = self.backbone.out_channels
@@ -41,6 +44,8 @@ class SingleStageNet(nn.Module):
         # runs with and without the head; the head is new and not in that checkpoint.
         self.embed_head = nn.Conv2d(hidden, embed_dim, 1) if embed_dim > 0 else None
         self.new_layer_prefixes = ("embed_head.",)  # not in the classification checkpoint
+        # No parameters, so outside the model config too: one checkpoint serves either setting.
+        self.cls_dropout = nn.Dropout2d(cls_dropout) if cls_dropout > 0 else None
         self.stride = self.backbone.stride
         # NHWC ("channels last") runs the depthwise and 1x1 convolutions about 1.5x faster on
         # CPU (measured on Lite0) and suits tensor cores on GPU; results are the same.
@@ -54,10 +59,16 @@ class SingleStageNet(nn.Module):
         feats = self.backbone(x)
         cam_raw = self.classifier(feats)
         hidden = self.seg_head[:3](feats)  # conv, BN, ReLU: the segmentation features
+        if self.cls_dropout is not None and self.training:
+            # RRM: dropout, average pool, then the classifier (network/RRM.py l.35-41); without a
+            # bias that equals the mean of the dense output, the logits used otherwise (§1).
+            logits = self.classifier(self.cls_dropout(feats).mean(dim=(2, 3), keepdim=True)).flatten(1)
+        else:
+            logits = cam_raw.mean(dim=(2, 3))
         out = {
             "features": feats,
             "cam_raw": cam_raw,
-            "logits": cam_raw.mean(dim=(2, 3)),
+            "logits": logits,
             "seg": self.seg_head[3:](hidden),
         }
         if self.embed_head is not None:

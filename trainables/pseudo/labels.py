@@ -16,23 +16,28 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainables.data.dataset import IGNORE_INDEX
+from trainables.data.dataset import IGNORE_INDEX, IMAGENET_MEAN
 from trainables.pseudo.par import par_refine
 from trainables.settings.sections import CrfSettings, PseudoLabelConfig, RefinerSettings
 
 
 def dense_crf(rgb: np.ndarray, probs: np.ndarray, cfg: CrfSettings) -> np.ndarray:
-    """Mean-field dense CRF (pydensecrf) over (K, H, W) probabilities of an (H, W, 3) uint8 image.
+    """Mean-field dense CRF (pydensecrf) over (K, H, W) scores of an (H, W, 3) uint8 image.
 
-    Returns the (K, H, W) marginals. The probabilities are renormalised per pixel first: that
-    shifts each pixel's unary by a constant, which leaves the CRF's output unchanged, and lets
-    unnormalised [bg; CAM] scores be passed as RRM does.
+    Returns the (K, H, W) marginals. The unary is -log of the scores clipped to [1e-5, 1]
+    (``unary_from_softmax``). With ``cfg.crf_input == "scores"`` they are used as given, as RRM
+    passes [bg; CAM] (tool/imutils.py l.354); with ``"normalised"`` each pixel's scores are
+    divided by their sum first. Rescaling a pixel only shifts its unary by a constant, so the two
+    agree except where the clip acts: a pixel whose scores are all tiny is uniform with
+    ``scores`` but keeps its preference with ``normalised``.
     """
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
     k, h, w = probs.shape
-    p = probs / np.maximum(probs.sum(axis=0, keepdims=True), 1e-12)
+    p = probs
+    if cfg.crf_input == "normalised":
+        p = probs / np.maximum(probs.sum(axis=0, keepdims=True), 1e-12)
     d = dcrf.DenseCRF2D(w, h, k)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(p.astype(np.float32))))
     d.addPairwiseGaussian(sxy=cfg.crf_gauss_sxy, compat=cfg.crf_gauss_compat)
@@ -68,12 +73,12 @@ def refine(rgb, maps: list[torch.Tensor], cfg: RefinerSettings, counts: list[int
     list of arrays). ``counts[b]``: the channels of image b that are real; the rest is padding,
     zero in and out (the CRF sees only the real ones; PAR leaves a zero channel at zero).
 
-    PAR refines all maps in one pass (they share the image's affinity)."""
-    probs = [_normalised(m.float()) for m in maps]
+    PAR refines all maps in one pass (they share the image's affinity), from the per-pixel
+    normalised maps; the dense CRF gets them as ``cfg.crf_input`` says (:func:`dense_crf`)."""
     if cfg.refiner == "par":
-        return _par_refine(rgb, probs, cfg, counts)
+        return _par_refine(rgb, [_normalised(m.float()) for m in maps], cfg, counts)
     out = []
-    for p in probs:
+    for p in (m.float() for m in maps):
         q, p_np = torch.zeros_like(p), p.cpu().numpy()
         for b in range(len(p)):
             k = p.shape[1] if counts is None else int(counts[b])
@@ -227,6 +232,27 @@ def _label_image(rgb: np.ndarray, cams: np.ndarray, classes: np.ndarray, cfg: Ps
     return lut[label], conf
 
 
+# RRM's crop padding as its CRF sees it: zero in the normalised input, turned back into uint8
+# (tool/myTool.py l.184 and l.217-219), i.e. the ImageNet mean truncated: (123, 116, 103).
+PAD_MEAN_RGB = np.array([int(m * 255.0) for m in IMAGENET_MEAN], dtype=np.uint8)
+
+
+def crf_image(rgb: np.ndarray, valid: torch.Tensor | None, pad_colour: str) -> np.ndarray:
+    """The (B, H, W, 3) uint8 images as the dense CRF sees them: padding (``valid`` False) in the
+    ImageNet mean colour (``pad_colour`` ``mean``, RRM's) or left as it is (``black``).
+
+    Example:
+        >>> valid = torch.tensor([[[True, False]]])
+        >>> crf_image(np.zeros((1, 1, 2, 3), np.uint8), valid, "mean")[0, 0].tolist()
+        [[0, 0, 0], [123, 116, 103]]
+    """
+    if pad_colour == "black" or valid is None or bool(valid.all()):
+        return rgb
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    out[~valid.cpu().numpy()] = PAD_MEAN_RGB
+    return out
+
+
 def _one_thread() -> None:
     """A CRF worker's torch uses one thread: the pool's size is the trial's CPU budget."""
     torch.set_num_threads(1)
@@ -240,8 +266,9 @@ class PendingLabels:
         self._valid = valid
 
     def result(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, H, W) int64 labels (255 ignored, padding always 255) and, when asked for at submit,
-        the (B, H, W) float refined confidence of each reliable label (0 elsewhere), on ``device``."""
+        """(B, H, W) int64 labels (255 ignored, padding 255 when a mask was given) and, when asked
+        for at submit, the (B, H, W) float refined confidence of each reliable label (0
+        elsewhere), on ``device``."""
         outs = [p.result() if hasattr(p, "result") else p for p in self._parts]
         if torch.is_tensor(outs[0][0]):  # the whole batch at once (PAR)
             labels, conf = outs[0]
@@ -289,12 +316,15 @@ class PseudoLabeler:
     def submit(self, rgb: np.ndarray, cams: torch.Tensor, labels: torch.Tensor,
                valid: torch.Tensor | None = None, return_confidence: bool = False) -> PendingLabels:
         """Start labelling a batch: (B, H, W, 3) uint8 images, (B, C, H, W) normalised CAMs and
-        (B, C) image labels. In serial and batched modes the work is done here, before returning."""
+        (B, C) image labels. In serial and batched modes the work is done here, before returning.
+        Padding (``valid`` False) comes back 255 unless ``cfg.padding`` is ``label``."""
         valid = None if valid is None else valid.detach()
+        mask = valid if self.cfg.padding == "ignore" else None  # "label": RRM trains on padding
         if self._pool is None and self.batched:
             with torch.no_grad():
                 out, conf = batch_rule(rgb, cams, labels.to(cams.device), self.cfg)
-            return PendingLabels([(out, conf if return_confidence else None)], valid)
+            return PendingLabels([(out, conf if return_confidence else None)], mask)
+        rgb = crf_image(rgb, valid, self.cfg.pad_colour)
         cams_np = cams.detach().float().cpu().numpy()
         labels_np = labels.detach().cpu().numpy()
         parts = []
@@ -303,7 +333,7 @@ class PseudoLabeler:
             args = (np.ascontiguousarray(rgb[i]), np.ascontiguousarray(cams_np[i][classes]), classes, self.cfg,
                     return_confidence)
             parts.append(self._pool.submit(_label_image, *args) if self._pool else _label_image(*args))
-        return PendingLabels(parts, None if valid is None else valid.cpu())
+        return PendingLabels(parts, None if mask is None else mask.cpu())
 
     def close(self) -> None:
         if self._pool is not None:
@@ -322,6 +352,6 @@ def batch_reliable_labels(rgb: np.ndarray, cams: torch.Tensor, labels: torch.Ten
                           return_confidence: bool = False):
     """:func:`reliable_labels` over a batch, in this process: (B, H, W, 3) uint8, (B, C, H, W)
     CAMs, (B, C) labels -> (B, H, W) int64 on the CAMs' device (and the confidence map with
-    ``return_confidence``). Padding (``valid`` False) is always 255."""
+    ``return_confidence``). Padding (``valid`` False) is 255 unless ``cfg.padding`` is ``label``."""
     labels_out, conf = PseudoLabeler(cfg).submit(rgb, cams, labels, valid, return_confidence).result(cams.device)
     return (labels_out, conf) if return_confidence else labels_out

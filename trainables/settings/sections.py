@@ -165,6 +165,12 @@ class CrfSettings(Section):
     crf_bilateral_srgb: Positive = 5.0
     crf_bilateral_compat: NonNegative = 4.0
     crf_iterations: PositiveInt = 10
+    crf_input: Literal["scores", "normalised"] = "scores"
+    """What the dense CRF's unary is read from: ``scores``, the maps as given, as RRM does
+    (tool/myTool.py l.11-13 -> tool/imutils.py l.354); ``normalised``, each pixel's maps divided
+    by their sum first (this project's former input). pydensecrf clips at 1e-5 before the log, so
+    the two differ where a pixel's scores fall below the clip (docs/single_stage.md §2). PAR and
+    ``pseudo.crf: false`` always use the normalised maps."""
 
     @classmethod
     def from_mapping(cls, values: dict) -> "CrfSettings":
@@ -208,6 +214,15 @@ class PseudoLabelConfig(RefinerSettings):
     crf: bool = True
     """Refine the scores (with ``refiner``); false: the normalised scores stand in for the
     refined marginals (this project's choice)."""
+    padding: Literal["ignore", "label"] = "ignore"
+    """Crop padding (pixels outside the image): ``ignore`` makes them 255 for every loss (this
+    project's guard: padding is not image); ``label`` keeps the rule's labels there, as RRM does
+    (its ``compute_seg_label`` labels the whole crop and its CE trains on them)."""
+    pad_colour: Literal["mean", "black"] = "mean"
+    """The colour of crop padding in the image the dense CRF sees: ``mean``, the ImageNet mean
+    (123, 116, 103), what RRM's CRF gets (its crop container is zero in the normalised input,
+    turned back into uint8: tool/myTool.py l.184, l.217-219); ``black``, this project's former
+    input. PAR keeps the batch's black padding."""
     workers: Literal["auto"] | Count = "auto"
     """CRF processes per trial: auto = none on CPU (the network uses the trial's cores), the
     trial's CPUs - 1 on GPU. PAR runs inside the step: with ``refiner: par`` there are none."""
