@@ -97,12 +97,14 @@ def main() -> None:
     base = base_config(args)
     from trainables.methods.registry import METHODS
 
-    epochs = int(METHODS["cam"].resolve(base)["train"]["epochs"])  # the space's (or --epochs), validated
     rows = [r for r in ROWS + EXTRA_ROWS if (args.only is None and r in ROWS) or (args.only and r[0] in args.only)]
+    methods = {m for _, _, m, _ in rows} - {"start"}
+    owner = methods.pop() if len(methods) == 1 else "cam"  # one method's rows take its own settings (mcis.*)
+    epochs = int(METHODS[owner].resolve(base)["train"]["epochs"])  # the space's (or --epochs), validated
     t_start = time.perf_counter()
     results: dict[tuple[str, int], dict] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        for f in [pool.submit(prepare_checkpoint, "cam", {**base, "train.seed": s}, args.threads) for s in args.seeds]:
+        for f in [pool.submit(prepare_checkpoint, owner, {**base, "train.seed": s}, args.threads) for s in args.seeds]:
             f.result()
         futures = {}
         for key, _, method, over in rows:
