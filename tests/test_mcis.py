@@ -220,7 +220,8 @@ def test_the_methods_yaml_searches_the_issues_knobs():
     assert spec.method == "mcis"
     doc = yaml.safe_load(open("search_spaces/mcis.yaml"))
     assert set(doc["search"]) == {"train.lr", "loss.co.weight", "loss.contrast.weight", "mcis.contrast_from_epoch",
-                                  "mcis.test_partners"}
+                                  "mcis.test_partners", "train.new_layer_lr_mult"}
+    assert spec.defaults["train.new_layer_lr_mult"] == 10.0  # the code's, in the defaults trial
     assert METHODS["mcis"].baseline
 
 
