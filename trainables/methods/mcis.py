@@ -229,21 +229,23 @@ def code_init(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def attention_stats(s: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, float]:
-    """Diagnostics of the co-attention of a batch: the std of S, the mean entropy of its softmax
-    over the partner's positions as a fraction of a uniform one's (log N_b; 1 = uniform, 0 = an
-    arg-max) and, given the features entering S, a position's mean L2 norm.
+def attention_stats(s: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Diagnostics of the co-attention of a batch, as 0-d tensors on S's device (no host sync
+    in the step): the std of S, the mean entropy of its softmax over the partner's positions as a
+    fraction of a uniform one's (log N_b; 1 = uniform, 0 = an arg-max) and, given the features
+    entering S, a position's mean L2 norm.
 
     Example:
-        >>> attention_stats(torch.zeros(1, 2, 4), torch.ones(1, 3, 2, 1))
-        {'s_std': 0.0, 'entropy_ratio': 1.0, 'feature_norm': 1.732...}
+        >>> {k: round(float(v), 3) for k, v in attention_stats(torch.zeros(1, 2, 4), torch.ones(1, 3, 2, 1)).items()}
+        {'s_std': 0.0, 'entropy_ratio': 1.0, 'feature_norm': 1.732}
     """
-    s = s.detach().float()
-    p = torch.softmax(s, dim=2)
-    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=2).mean()
-    out = {"s_std": float(s.std()), "entropy_ratio": float(entropy / np.log(s.shape[2]))}
-    if features is not None:
-        out["feature_norm"] = float(features.detach().float().norm(dim=1).mean())
+    with torch.no_grad():
+        s = s.detach().float()
+        p = torch.softmax(s, dim=2)
+        entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=2).mean()
+        out = {"s_std": s.std(), "entropy_ratio": entropy / float(np.log(s.shape[2]))}
+        if features is not None:
+            out["feature_norm"] = features.detach().float().norm(dim=1).mean()
     return out
 
 
@@ -322,8 +324,13 @@ class McisTrainer(CamTrainer):
         super().__init__(cfg, ds, device)
         self.holders = class_holders(ds.train.labels)
         self._pairs = self._alone = 0
-        self._attention: dict[str, float] = {}
+        self._attention: dict[str, torch.Tensor] = {}
         self._attention_steps = 0
+
+    @property
+    def include_self(self) -> bool:
+        """Partners (training and test) may be the image itself (``mcis.self_pairs: as_code``)."""
+        return self.cfg["mcis"]["self_pairs"] == "as_code"
 
     def build(self) -> McisNet:
         m = self.cfg["mcis"]
@@ -333,8 +340,7 @@ class McisTrainer(CamTrainer):
         """Each step: ``batch_size`` images, then their partners."""
         out = []
         for anchors in super().batches(rng, batch_size, steps):
-            partners, alone = pair_partners(self.ds.train.labels, anchors, rng, self.holders,
-                                            include_self=self.cfg["mcis"]["self_pairs"] == "as_code")
+            partners, alone = pair_partners(self.ds.train.labels, anchors, rng, self.holders, self.include_self)
             self._pairs, self._alone = self._pairs + len(anchors), self._alone + alone
             out.append(np.concatenate([anchors, partners]))
         return out
@@ -364,7 +370,7 @@ class McisTrainer(CamTrainer):
     def _observe(self, out: dict[str, torch.Tensor]) -> None:
         """Accumulate the co-attention's diagnostics (:func:`attention_stats`) over the epoch."""
         for k, v in attention_stats(out["affinity"], out.get("features")).items():
-            self._attention[k] = self._attention.get(k, 0.0) + v
+            self._attention[k] = self._attention[k] + v if k in self._attention else v
         self._attention_steps += 1
 
     def epoch_metrics(self) -> dict:
@@ -372,7 +378,7 @@ class McisTrainer(CamTrainer):
         ``train/attention/s_std``, ``entropy_ratio`` and ``feature_norm``: the co-attention of
         the epoch's pairs, averaged over its steps (:func:`attention_stats`)."""
         out = {"train/self_pairs": self._alone / max(1, self._pairs),
-               **{f"train/attention/{k}": v / max(1, self._attention_steps) for k, v in self._attention.items()}}
+               **{f"train/attention/{k}": float(v) / max(1, self._attention_steps) for k, v in self._attention.items()}}
         self._pairs = self._alone = self._attention_steps = 0
         self._attention = {}
         return out
@@ -387,7 +393,7 @@ class McisTrainer(CamTrainer):
     def bind_cams(self, model: McisNet, net: Callable) -> Callable:
         """``bind(split, indices)`` for :func:`evaluate_cams`: the localisation maps of a batch."""
         partners = PartnerDraw(self.ds, int(self.cfg["mcis"]["test_partners"]), int(self.cfg["train"]["seed"]),
-                               include_self=self.cfg["mcis"]["self_pairs"] == "as_code")
+                               self.include_self)
         features = FeatureCache(self.ds, lambda x: net(x.to(self.device))["features"])
 
         def bind(split: str, idx: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
